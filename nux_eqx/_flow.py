@@ -1,0 +1,547 @@
+"""The flow contract: `AbstractFlow`, `init`, `log_prob`, `sample`, `capture`.
+
+Every layer and container of nux_eqx is an `AbstractFlow`. A flow acts on ONE
+example; users batch with `jax.vmap`. The public `__call__` lives here, in the base
+class: it runs the framework's own checks (initialised? recorded shape? key? cond?)
+before dispatching to the layer's typed `transform`, which is checked by jaxtyping and
+beartype when traced.
+"""
+
+import abc
+import contextlib
+import contextvars
+import copy
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from beartype import beartype
+from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped, jaxtyped
+
+Kind = Literal["bijective", "injective", "surjective", "stochastic", "prior", "container"]
+
+
+class NotInitialisedError(RuntimeError):
+    """Raised when a flow whose shapes and parameters are not yet known is called."""
+
+
+class ShapeError(ValueError):
+    """Raised when a flow gets an input of the wrong shape (or a batch)."""
+
+
+class NonTrainable(eqx.Module):
+    """Marks an array that belongs to a flow but must not be trained.
+
+    `check_flow`, [`nux_eqx.trainable`][] and the training loop skip it, and layers read
+    it through `.get()`, which stops gradients.
+
+    **Arguments:**
+
+    - `value`: the wrapped array.
+    """
+
+    value: Array
+
+    def get(self) -> Array:
+        """**Returns:** the wrapped value with gradients stopped."""
+        return jax.lax.stop_gradient(self.value)
+
+
+def _is_nontrainable(x: Any) -> bool:
+    return isinstance(x, NonTrainable)
+
+
+def trainable(flow: PyTree) -> tuple[PyTree, PyTree]:
+    """Split a flow into its trainable arrays and everything else.
+
+    **Arguments:**
+
+    - `flow`: any pytree, usually an initialised flow.
+
+    **Returns:**
+
+    `(params, static)` as `eqx.partition` gives them: `params` holds every inexact
+    array that is not inside a [`nux_eqx.NonTrainable`][]; `eqx.combine(params, static)`
+    rebuilds the flow.
+    """
+    return eqx.partition(flow, eqx.is_inexact_array, is_leaf=_is_nontrainable)
+
+
+# --------------------------------------------------------------------------------------
+# Capture: record every leaf layer's input, output and contribution (NuX's
+# `capture_names`). Purely trace-time Python; the recorded values are returned as
+# ordinary outputs, so `capture` composes with `jax.vmap` and `jax.jit`.
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Record:
+    path: str
+    layer: "AbstractFlow"
+    reverse: bool
+    x: Any
+    key: Any
+    cond: Any
+    z: Any
+    contribution: Any
+
+
+_RECORDER: contextvars.ContextVar[list[_Record] | None] = contextvars.ContextVar(
+    "nux_eqx_recorder", default=None
+)
+_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("nux_eqx_path", default="")
+
+
+def capturing() -> bool:
+    """**Returns:** whether a [`nux_eqx.capture`][] is in progress.
+
+    Containers that would hide their children inside a `lax.scan` (such as `Repeat`)
+    run an unrolled loop instead while capturing."""
+    return _RECORDER.get() is not None
+
+
+@contextlib.contextmanager
+def child_scope(name: str) -> Iterator[None]:
+    """Name the child a container is about to call, for [`nux_eqx.capture`][] paths.
+
+    Containers wrap each call to a child in `with child_scope("layers[0]"):`. Outside a
+    capture this only costs a context-variable lookup at trace time."""
+    if _RECORDER.get() is None:
+        yield
+        return
+    parent = _PATH.get()
+    token = _PATH.set(f"{parent}.{name}" if parent else name)
+    try:
+        yield
+    finally:
+        _PATH.reset(token)
+
+
+class Captured(eqx.Module):
+    """What one leaf layer saw and did during a [`nux_eqx.capture`][].
+
+    **Fields:** `x` (its input), `z` (its output), `contribution` (its log-likelihood
+    contribution), `reverse` (the direction it ran in; static)."""
+
+    x: Array
+    z: Array
+    contribution: Array
+    reverse: bool = eqx.field(static=True)
+
+
+def capture(
+    flow: "AbstractFlow",
+    x: Array,
+    reverse: bool = False,
+    *,
+    key: PRNGKeyArray | None = None,
+    cond: PyTree = None,
+) -> tuple[Array, Array, dict[str, Captured]]:
+    """Run a flow on one example and record what every leaf layer did.
+
+    This is NuX's `capture_names`: use it for debugging, or to read the per-scale
+    latents of a multiscale flow. It composes with `jax.vmap` and `jax.jit`.
+
+    **Arguments:**
+
+    - `flow`: an initialised flow.
+    - `x`: one example.
+    - `reverse`: the direction to run in.
+    - `key`, `cond`: as for the flow's `__call__`.
+
+    **Returns:**
+
+    `(z, contribution, records)`, where `records` maps each leaf's path inside the
+    flow (such as `"layers[2].flow"`) to a [`nux_eqx.Captured`][], in call order.
+    """
+    records = _capture_records(flow, x, reverse, key=key, cond=cond)
+    z, c, recs = records
+    out: dict[str, Captured] = {}
+    for r in recs:
+        name = r.path or type(r.layer).__name__
+        base, i = name, 1
+        while name in out:  # the same child called twice
+            i += 1
+            name = f"{base}#{i}"
+        out[name] = Captured(r.x, r.z, r.contribution, r.reverse)
+    return z, c, out
+
+
+def _capture_records(flow, x, reverse, *, key, cond):
+    records: list[_Record] = []
+    token = _RECORDER.set(records)
+    token_path = _PATH.set("")
+    try:
+        z, c = flow(x, reverse, key=key, cond=cond)
+    finally:
+        _RECORDER.reset(token)
+        _PATH.reset(token_path)
+    return z, c, records
+
+
+# --------------------------------------------------------------------------------------
+# The base class.
+# --------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _typed_transform(cls: type) -> Callable:
+    return jaxtyped(typechecker=beartype)(cls.transform)
+
+
+def _fmt(shape: tuple[int, ...] | None) -> str:
+    return (
+        "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
+        if shape is not None
+        else "?"
+    )
+
+
+class AbstractFlow(eqx.Module):
+    """Base class of every flow layer and container.
+
+    A flow maps ONE example `x` (data side) to `z` (latent side). Calling it returns
+    `(z, contribution)`, where `contribution` is the layer's term of `log p(x)`:
+    `log|det dz/dx|` for a bijection (the same value in both directions, as in NuX),
+    `log p(z)` for a prior, and the bound terms for stochastic layers.
+
+    Subclasses set the class attribute `layer_kind` and implement `transform` (typed with
+    jaxtyping annotations). Layers whose parameters depend on the data's shape or values
+    override the `init` hook. Do not override `__call__`: it checks the input first.
+    """
+
+    # Recorded by `nux_eqx.init`: the unbatched input and output shapes.
+    _in_shape: tuple[int, ...] | None = eqx.field(static=True, default=None, kw_only=True, repr=False)
+    _out_shape: tuple[int, ...] | None = eqx.field(static=True, default=None, kw_only=True, repr=False)
+
+    layer_kind: ClassVar[Kind]
+    needs_key: ClassVar[bool] = False
+    """Whether the layer needs a `key` in the forward direction (dequantisation)."""
+    needs_cond: ClassVar[bool] = False
+    """Whether the layer always needs a `cond`."""
+
+    # ---- what a layer implements --------------------------------------------------
+
+    @abc.abstractmethod
+    def transform(
+        self,
+        x: Array,
+        reverse: bool,
+        *,
+        key: PRNGKeyArray | None,
+        cond: PyTree,
+    ) -> tuple[Array, Shaped[Array, ""]]:
+        """Run the layer on one example, after the framework's checks.
+
+        **Arguments:**
+
+        - `x`: one example, of the recorded input shape (output shape when `reverse`).
+        - `reverse`: `False` for data -> latent, `True` for latent -> data.
+        - `key`: a PRNG key or `None`.
+        - `cond`: the conditioning pytree or `None`.
+
+        **Returns:**
+
+        `(z, contribution)`, with `contribution` a scalar.
+        """
+
+    def init(self, x_batch: Array, *, key: PRNGKeyArray, cond: PyTree = None) -> "AbstractFlow":
+        """Hook: fill the layer's parameters from a batch (one leading batch axis).
+
+        Shape-only layers read `x_batch.shape[1:]`; data-dependent ones such as
+        `ActNorm` use batch statistics. Build the filled layer with `eqx.tree_at`
+        (`is_leaf=lambda v: v is None` for empty fields). The default does nothing.
+
+        **Arguments:**
+
+        - `x_batch`: the data as it arrives at this layer, with one leading batch axis.
+        - `key`: a PRNG key for random initialisation.
+        - `cond`: the batched conditioning, or `None`.
+
+        **Returns:**
+
+        The layer with its parameters filled.
+        """
+        return self
+
+    # ---- the framework ------------------------------------------------------------
+
+    @property
+    def in_shape(self) -> tuple[int, ...] | None:
+        """The unbatched input (data-side) shape, recorded by `nux_eqx.init`."""
+        return self._in_shape
+
+    @property
+    def out_shape(self) -> tuple[int, ...] | None:
+        """The unbatched output (latent-side) shape, recorded by `nux_eqx.init`."""
+        return self._out_shape
+
+    @property
+    def is_initialised(self) -> bool:
+        """Whether `nux_eqx.init` has run on this flow."""
+        return self._in_shape is not None and self._out_shape is not None
+
+    def children(self) -> tuple[tuple[str, "AbstractFlow"], ...]:
+        """The `(name, child)` pairs of a container; empty for a leaf layer."""
+        return ()
+
+    def __call__(
+        self,
+        x: Any,
+        reverse: bool = False,
+        *,
+        key: PRNGKeyArray | None = None,
+        cond: PyTree = None,
+    ) -> tuple[Array, Array]:
+        """Run the flow on ONE example.
+
+        **Arguments:**
+
+        - `x`: one example (unbatched). Batch with `jax.vmap`.
+        - `reverse`: `False` (data -> latent) or `True` (latent -> data). A Python bool.
+        - `key`: a PRNG key, needed by stochastic layers such as dequantisation.
+        - `cond`: conditioning passed to every conditional layer.
+
+        **Returns:**
+
+        `(z, contribution)`: the transformed example and this flow's scalar
+        contribution to `log p(x)`.
+        """
+        x = _check_input(self, x, reverse)
+        if not isinstance(reverse, bool):
+            raise TypeError(
+                f"{type(self).__name__}: `reverse` must be a Python bool, got {type(reverse).__name__}; "
+                "under `jax.jit` mark it static (or use `eqx.filter_jit`)."
+            )
+        if key is None and type(self).needs_key and not reverse:
+            raise ValueError(
+                f"{type(self).__name__} is stochastic and needs a PRNG key: call it as "
+                "`flow(x, key=jax.random.key(0))` (split one key per example under jax.vmap)."
+            )
+        if cond is None and type(self).needs_cond:
+            raise ValueError(f"{type(self).__name__} is conditional and needs `cond=`; it got none.")
+        z, contribution = _typed_transform(type(self))(self, x, reverse, key=key, cond=cond)
+        contribution = jnp.asarray(contribution)
+        if contribution.shape != ():
+            raise ShapeError(
+                f"{type(self).__name__}.transform must return a scalar contribution, "
+                f"got shape {contribution.shape}."
+            )
+        recorder = _RECORDER.get()
+        if recorder is not None and not self.children():
+            recorder.append(_Record(_PATH.get(), self, reverse, x, key, cond, z, contribution))
+        return z, contribution
+
+    # ---- container protocol ------------------------------------------------------
+
+    def init_and_push(
+        self, x_batch: Array, *, key: PRNGKeyArray, cond: PyTree = None
+    ) -> tuple["AbstractFlow", Array]:
+        """Initialise this flow on a batch and push the batch through it.
+
+        The default, for leaf layers: run the `init` hook, record the shapes, and
+        apply the filled layer to the batch with `jax.vmap`. Containers override it to
+        walk their children, so each child sees the batch as it arrives there.
+
+        **Returns:** `(initialised_flow, output_batch)`.
+        """
+        hook_key, push_key = jr.split(key)
+        in_shape = tuple(x_batch.shape[1:])
+        filled = self.init(x_batch, key=hook_key, cond=cond)
+        if not isinstance(filled, type(self)):
+            raise TypeError(
+                f"{type(self).__name__}.init must return a {type(self).__name__}, "
+                f"got {type(filled).__name__}."
+            )
+        filled = with_shapes(filled, in_shape, None)
+        z_batch = push(filled, x_batch, key=push_key, cond=cond)
+        return with_shapes(filled, in_shape, tuple(z_batch.shape[1:])), z_batch
+
+    def can_sample(self) -> bool:
+        """Whether this flow can start a sample: priors can; a container can when the
+        children it samples through can."""
+        return type(self).layer_kind == "prior"
+
+    def sample_and_log_prob(
+        self, key: PRNGKeyArray, *, cond: PyTree = None, temperature: float = 1.0
+    ) -> tuple[Array, Array]:
+        """Draw one example from the flow's prior(s) and run the flow in reverse.
+
+        Priors implement this; containers recurse. See [`nux_eqx.sample`][].
+        """
+        raise TypeError(
+            f"{type(self).__name__} cannot start a sample: a flow samples from the prior at "
+            "its latent end. End it with a prior such as `UnitGaussianPrior()`."
+        )
+
+
+def with_shapes(
+    flow: AbstractFlow, in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...] | None
+) -> AbstractFlow:
+    """Return a copy of `flow` with its recorded (static) shapes replaced.
+
+    The one mechanism for recorded metadata: `eqx.tree_at` replaces pytree nodes only,
+    so static fields are set on a shallow copy."""
+    new = copy.copy(flow)
+    object.__setattr__(new, "_in_shape", None if in_shape is None else tuple(int(s) for s in in_shape))
+    object.__setattr__(new, "_out_shape", None if out_shape is None else tuple(int(s) for s in out_shape))
+    return new
+
+
+def push(
+    flow: AbstractFlow,
+    x_batch: Array,
+    *,
+    key: PRNGKeyArray | None,
+    cond: PyTree = None,
+    reverse: bool = False,
+) -> Array:
+    """Apply a flow to a batch with `jax.vmap` (one key per example) and return the outputs."""
+    n = x_batch.shape[0]
+    keys = None if key is None else jr.split(key, n)
+    cond_axis = None if cond is None else 0
+    key_axis = None if keys is None else 0
+
+    def one(x, k, c):
+        return flow(x, reverse, key=k, cond=c)[0]
+
+    return jax.vmap(one, in_axes=(0, key_axis, cond_axis))(x_batch, keys, cond)
+
+
+def _check_input(flow: AbstractFlow, x: Any, reverse: bool) -> Array:
+    name = type(flow).__name__
+    expected = flow._out_shape if reverse else flow._in_shape
+    if expected is None:
+        if flow._in_shape is None:
+            raise NotInitialisedError(
+                f"{name} has not been initialised: its shapes and parameters come from data. "
+                "Call `flow = nux_eqx.init(flow, x_batch, key=key)` with a batch (one leading "
+                "batch axis) first."
+            )
+        raise NotInitialisedError(
+            f"{name}: the output shape is not known yet, so it cannot run in reverse; "
+            "finish `nux_eqx.init` first."
+        )
+    if not isinstance(x, jax.Array):
+        try:
+            x = jnp.asarray(x)
+        except TypeError as e:
+            raise TypeError(f"{name} expected an array, got {type(x).__name__}.") from e
+    dtype = x.dtype
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(f"{name} expected a real floating array, got dtype {dtype}; flows act on real data.")
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        raise TypeError(f"{name} expected a real floating array, got dtype {dtype}.")
+    if jnp.issubdtype(dtype, jnp.integer):
+        x = x.astype(jnp.result_type(float))
+    shape = tuple(x.shape)
+    side = "latent (reverse) input" if reverse else "input"
+    if shape != expected:
+        k = len(expected)
+        if len(shape) > k and shape[len(shape) - k :] == expected:
+            raise ShapeError(
+                f"{name} expected an {side} of shape {_fmt(expected)}, got {_fmt(shape)}: flows "
+                "take ONE example; batch with `jax.vmap(lambda x: flow(x))(x_batch)`."
+            )
+        raise ShapeError(f"{name} expected an {side} of shape {_fmt(expected)}, got {_fmt(shape)}.")
+    return x
+
+
+# --------------------------------------------------------------------------------------
+# Public functions.
+# --------------------------------------------------------------------------------------
+
+
+def init(flow: AbstractFlow, x_batch: Any, *, key: PRNGKeyArray, cond: PyTree = None) -> AbstractFlow:
+    """Materialise a flow's shapes and parameters from one batch of data.
+
+    Layers are written without shapes (`Coupling()`, `ActNorm()`); `init` walks the flow,
+    hands each layer the batch as it arrives there, lets it fill its parameters (ActNorm
+    uses the batch statistics), and records every layer's unbatched input and output
+    shapes. It is pure and traceable, so
+    `eqx.filter_eval_shape(nux_eqx.init, flow, x_like, key=key)` gives a skeleton to load
+    a checkpoint into.
+
+    **Arguments:**
+
+    - `flow`: an un-initialised (or initialised: it is re-initialised) flow.
+    - `x_batch`: data with exactly one leading batch axis, e.g. `(batch, dim)` or
+      `(batch, h, w, c)`. Parameters take its floating dtype.
+    - `key`: a PRNG key for random initialisation (and stochastic layers).
+    - `cond`: batched conditioning (leading batch axis on every leaf), or `None`.
+
+    **Returns:**
+
+    A NEW initialised flow; the input flow is unchanged.
+    """
+    if not isinstance(flow, AbstractFlow):
+        raise TypeError(f"nux_eqx.init expects a flow (an AbstractFlow), got {type(flow).__name__}.")
+    x_batch = jnp.asarray(x_batch)
+    if x_batch.ndim < 2:
+        raise ShapeError(
+            f"nux_eqx.init expects a batch with one leading batch axis, got shape {x_batch.shape}; "
+            "for a single vector example use `x[None]`."
+        )
+    if jnp.issubdtype(x_batch.dtype, jnp.integer):
+        x_batch = x_batch.astype(jnp.result_type(float))
+    if not jnp.issubdtype(x_batch.dtype, jnp.floating):
+        raise TypeError(f"nux_eqx.init expects real floating data, got dtype {x_batch.dtype}.")
+    if cond is not None:
+        n = x_batch.shape[0]
+        for leaf in jax.tree.leaves(cond):
+            if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != n:
+                raise ShapeError(
+                    f"nux_eqx.init: every leaf of `cond` needs the same leading batch axis as x "
+                    f"({n}); got a leaf of shape {jnp.shape(leaf)}."
+                )
+    new, _ = flow.init_and_push(x_batch, key=key, cond=cond)
+    return new
+
+
+def log_prob(flow: AbstractFlow, x: Any, *, key: PRNGKeyArray | None = None, cond: PyTree = None) -> Array:
+    """The log-likelihood of ONE example: the summed contributions of a forward pass.
+
+    **Arguments:**
+
+    - `flow`: an initialised flow ending in a prior.
+    - `x`: one example.
+    - `key`, `cond`: as for the flow's `__call__`.
+
+    **Returns:**
+
+    A scalar: `log p(x)` (a bound on it for stochastic layers).
+    """
+    return flow(x, key=key, cond=cond)[1]
+
+
+def sample(
+    flow: AbstractFlow,
+    key: PRNGKeyArray,
+    *,
+    cond: PyTree = None,
+    temperature: float = 1.0,
+) -> tuple[Array, Array]:
+    """Draw ONE example from a flow: sample its prior(s), then run it in reverse.
+
+    Batch with `jax.vmap(lambda k: nux_eqx.sample(flow, k))(jax.random.split(key, n))`.
+
+    **Arguments:**
+
+    - `flow`: an initialised flow ending in a prior.
+    - `key`: a PRNG key.
+    - `cond`: conditioning, as for `__call__`.
+    - `temperature`: scales the priors' noise (`z = temperature * eps` for Gaussians).
+
+    **Returns:**
+
+    `(x, log_q)`: the sample and its log-density under the flow (the untempered model,
+    so `log_q == nux_eqx.log_prob(flow, x)` at any temperature for bijective flows).
+    """
+    if not flow.is_initialised:
+        _check_input(flow, jnp.zeros(()), False)
+    return flow.sample_and_log_prob(key, cond=cond, temperature=temperature)

@@ -1,0 +1,1 @@
+"""Injective (dimension-changing) layers."""

@@ -1,0 +1,5 @@
+"""Ready-made architectures: functions that return un-initialised flows."""
+
+from ._glow import GlowBlock as GlowBlock
+from ._glow import MultiscaleGlow as MultiscaleGlow
+from ._glow import multi_scale as multi_scale

@@ -1,0 +1,116 @@
+"""Multiscale builders: `multi_scale`, `GlowBlock`, `MultiscaleGlow`."""
+
+from typing import Literal
+
+from .._containers import ChainRule, Factored, Sequential
+from .._flow import AbstractFlow
+from ..bijective import ActNorm, Coupling, Identity, Logit, OneByOneConv, Squeeze, UnSqueeze
+from ..priors import ConditionalGaussianPrior, UnitGaussianPrior
+from ..surjective import UniformDequantization
+
+
+def _builder(fn):
+    fn.__nux_builder__ = True
+    return fn
+
+
+@_builder
+def multi_scale(flow: AbstractFlow, inner: AbstractFlow) -> Sequential:
+    """NuX's `multi_scale`, as the seed README writes it.
+
+    `Sequential(flow, Squeeze(), Factored(inner, Identity()), UnSqueeze())`: run `flow`,
+    squeeze, send half of the channels through `inner` and pass the other half through
+    unchanged, then unsqueeze, so the output has the input's shape and the outer prior
+    scores every dimension.
+
+    **Arguments:**
+
+    - `flow`: the flow at this scale (e.g. a stack of `GlowBlock`s).
+    - `inner`: the flow at the coarser scales (`Identity()` at the bottom).
+
+    **Returns:** a `Sequential`.
+    """
+    return Sequential(flow, Squeeze(), Factored(inner, Identity()), UnSqueeze())
+
+
+@_builder
+def GlowBlock(n_channels: int = 512, kind: Literal["affine", "additive"] = "affine") -> Sequential:
+    """One step of Glow: `ActNorm -> OneByOneConv -> Coupling`.
+
+    **Arguments:**
+
+    - `n_channels`: the hidden width of the coupling's conv network.
+    - `kind`: the coupling kind, `"affine"` or `"additive"`.
+
+    **Returns:** a `Sequential`.
+    """
+    return Sequential(ActNorm(), OneByOneConv(), Coupling(kind=kind, n_channels=n_channels))
+
+
+@_builder
+def MultiscaleGlow(
+    n_levels: int = 2,
+    n_blocks: int = 4,
+    n_channels: int = 64,
+    *,
+    factor_out: Literal["prior", "chain_rule", "none"] = "prior",
+    dequantize: float | None = None,
+    lmbda: float = 0.05,
+    kind: Literal["affine", "additive"] = "affine",
+) -> Sequential:
+    """A multiscale Glow for `(h, w, c)` images (Kingma & Dhariwal 2018).
+
+    Each level squeezes (`(h, w, c) -> (h/2, w/2, 4c)`) and runs `n_blocks` `GlowBlock`s;
+    every level but the last then splits its channels in two: the first half goes on to
+    the next level and the second half is factored out.
+
+    **Arguments:**
+
+    - `n_levels`: the number of scales; `h` and `w` must be divisible by `2**n_levels`.
+    - `n_blocks`: Glow steps per level (K).
+    - `n_channels`: hidden width of each coupling's conv network.
+    - `factor_out`: what scores the factored-out half: `"prior"` (a `UnitGaussianPrior`,
+      as normflows' Glow), `"chain_rule"` (Glow's learned `ConditionalGaussianPrior` given
+      the kept half, through `ChainRule`), or `"none"` (NuX's `multi_scale` nesting: nothing
+      is factored out; one `UnitGaussianPrior` scores everything at the end).
+    - `dequantize`: if given, the data are integer levels `0 .. dequantize - 1`; the flow
+      starts with `UniformDequantization(scale=dequantize)` and `Logit(lmbda)`, and its
+      log-likelihood is that of the discrete data (a lower bound).
+    - `lmbda`: the `Logit` squeeze when dequantising.
+    - `kind`: the couplings' kind.
+
+    **Returns:** an un-initialised `Sequential`; call `nux_eqx.init` on a batch.
+    """
+    if n_levels < 1 or n_blocks < 1:
+        raise ValueError(f"MultiscaleGlow: n_levels and n_blocks must be >= 1, got {n_levels}, {n_blocks}.")
+    if factor_out not in ("prior", "chain_rule", "none"):
+        raise ValueError(
+            f"MultiscaleGlow: factor_out must be 'prior', 'chain_rule' or 'none', got {factor_out!r}."
+        )
+
+    def blocks():
+        return [GlowBlock(n_channels, kind) for _ in range(n_blocks)]
+
+    if factor_out == "none":
+        # The seed README's nesting: squeeze once (so channels split), then
+        # multi_scale(blocks, multi_scale(blocks, ... blocks)), one prior on everything.
+        trunk: AbstractFlow = Sequential(*blocks())
+        for _ in range(n_levels - 1):
+            trunk = multi_scale(Sequential(*blocks()), trunk)
+        body = Sequential(Squeeze(), trunk, UnitGaussianPrior())
+    else:
+        # Each level maps (h, w, c) to (h, w, c): it unsqueezes at its end so the parent
+        # can concatenate it with the half it factored out.
+        def level(i: int) -> Sequential:
+            if i == n_levels - 1:
+                return Sequential(Squeeze(), *blocks(), UnSqueeze(), UnitGaussianPrior())
+            if factor_out == "prior":
+                tail = Factored(level(i + 1), UnitGaussianPrior())
+            else:
+                tail = ChainRule(level(i + 1), ConditionalGaussianPrior(n_channels=n_channels))
+            return Sequential(Squeeze(), *blocks(), tail, UnSqueeze())
+
+        body = level(0)
+    if dequantize is None:
+        return body
+    return Sequential(UniformDequantization(scale=dequantize), Logit(lmbda), body)

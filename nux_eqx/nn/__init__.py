@@ -1,0 +1,25 @@
+"""Conditioner networks (channels-last, one example at a time)."""
+
+from ._nets import (
+    MLP as MLP,
+)
+from ._nets import (
+    Conv2d as Conv2d,
+)
+from ._nets import (
+    ConvNet as ConvNet,
+)
+from ._nets import (
+    Linear as Linear,
+)
+from ._nets import (
+    cast_floating as cast_floating,
+)
+from ._nets import (
+    cond_features as cond_features,
+)
+from ._nets import (
+    default_network as default_network,
+)
+
+__all__ = ["Conv2d", "ConvNet", "Linear", "MLP", "cast_floating", "cond_features", "default_network"]

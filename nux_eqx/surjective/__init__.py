@@ -1,0 +1,3 @@
+"""Surjective (and dequantising) layers."""
+
+from ._dequantize import UniformDequantization as UniformDequantization

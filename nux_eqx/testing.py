@@ -1,0 +1,373 @@
+"""`check_flow`: the one correctness check every layer and container goes through.
+
+It is public (NuX's `flow_test`): use it on your own custom layers.
+"""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, PRNGKeyArray, PyTree
+
+from ._flow import AbstractFlow, _capture_records, init, trainable
+
+__all__ = ["check_flow", "scramble"]
+
+
+@eqx.filter_jit
+def scramble(flow: AbstractFlow, key: PRNGKeyArray, scale: float = 0.1) -> AbstractFlow:
+    """Add `scale * N(0, 1)` to every trainable leaf of `flow`.
+
+    Identity-at-init hides bugs (a zero-initialised coupling or a 1x1 convolution started
+    at the identity has a trivially right log-det); `check_flow` repeats its checks on
+    scrambled parameters."""
+    params, static = trainable(flow)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jr.split(key, max(len(leaves), 1))
+    leaves = [leaf + scale * jr.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)]
+    return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
+
+
+def _to64(tree: PyTree) -> PyTree:
+    return jax.tree.map(
+        lambda a: (
+            jnp.asarray(a, jnp.float64)
+            if eqx.is_inexact_array(a) or isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating)
+            else a
+        ),
+        tree,
+    )
+
+
+def _err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return math.inf
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        same = np.array_equal(a, b)
+        return 0.0 if same else math.inf
+    return float(np.max(np.abs(a - b) / (1.0 + np.abs(b)))) if a.size else 0.0
+
+
+class _Checker:
+    def __init__(self, tol: float):
+        self.tol = tol
+
+    def close(self, where: str, what: str, a, b, tol: float | None = None):
+        tol = self.tol if tol is None else tol
+        e = _err(a, b)
+        if not e <= tol:
+            raise AssertionError(
+                f"check_flow: {where} failed '{what}': max relative error {e:.3g} > {tol:g}."
+            )
+
+    def finite(self, where: str, what: str, *arrays):
+        for a in arrays:
+            for leaf in jax.tree.leaves(a):
+                if not np.all(np.isfinite(np.asarray(leaf))):
+                    raise AssertionError(f"check_flow: {where} failed '{what}': non-finite values.")
+
+
+def _keys(key, n):
+    return jr.split(key, n)
+
+
+def _vmapped_call(flow, xs, keys, cond, reverse=False):
+    cax = None if cond is None else 0
+    kax = None if keys is None else 0
+    return jax.vmap(lambda x, k, c: flow(x, reverse, key=k, cond=c), in_axes=(0, kax, cax))(xs, keys, cond)
+
+
+_jit_call = eqx.filter_jit(_vmapped_call)
+
+
+def _batched_call(flow, xs, keys, cond, reverse=False):
+    # Compiled once per layer structure and shape: the scrambled copy hits the cache.
+    return _jit_call(flow, xs, keys, cond, reverse)
+
+
+def _record_values(flow, x, k, c):
+    return [
+        (r.x, r.key, r.cond, r.z, r.contribution) for r in _capture_records(flow, x, False, key=k, cond=c)[2]
+    ]
+
+
+@eqx.filter_jit
+def _batched_records(flow, x_batch, keys, cond_batch):
+    cax = None if cond_batch is None else 0
+    return jax.vmap(lambda x, k, c: _record_values(flow, x, k, c), in_axes=(0, 0, cax))(
+        x_batch, keys, cond_batch
+    )
+
+
+def _leaf_records(flow, x_batch, keys, cond_batch):
+    """Run the flow batched and collect (path, layer, reverse, x, key, cond, z, c) per leaf call."""
+    meta = []
+
+    def layers_only(x, k, c):
+        recs = _capture_records(flow, x, False, key=k, cond=c)[2]
+        meta.extend((r.path, r.layer, r.reverse) for r in recs)
+        return 0
+
+    c0 = None if cond_batch is None else jax.tree.map(lambda a: a[0], cond_batch)
+    jax.eval_shape(layers_only, x_batch[0], keys[0], c0)  # trace only: which leaves, in order
+    vals = _batched_records(flow, x_batch, keys, cond_batch)
+    return [(*m, *v) for m, v in zip(meta, vals)]
+
+
+def _slogdet_tall(J):
+    # J: (big, small). 0.5 * log det(J^T J).
+    return 0.5 * jnp.linalg.slogdet(J.T @ J)[1]
+
+
+def _check_bijective(ck, where, layer, xd, keys, cond, n_jac):
+    z, c = _batched_call(layer, xd, keys, cond)
+    ck.finite(where, "forward output is finite", z, c)
+    xr, cr = _batched_call(layer, z, keys, cond, reverse=True)
+    ck.close(where, "reverse(forward(x)) == x", xr, xd)
+    ck.close(where, "same contribution forward and reverse", cr, c)
+    _check_jacobian(ck, where, layer, xd, keys, cond, c, n_jac, sign=None)
+
+
+def _check_jacobian(ck, where, layer, xd, keys, cond, c32, n_jac, sign):
+    """Compare the contribution with the brute-force Jacobian term in float64.
+
+    `sign=None`: square Jacobian, `log|det J|`. Otherwise a dimension-changing map; the
+    Jacobian J of the map from the lower- to the higher-dimensional side is tall and the
+    contribution must be `sign * 0.5 * slogdet(J^T J)`.
+    """
+    with jax.enable_x64(True):
+        layer64 = _to64(layer)
+        for i in range(min(n_jac, xd.shape[0])):
+            x0 = jnp.asarray(np.asarray(xd[i], np.float64))
+            k0 = None if keys is None else keys[i]
+            c0 = None if cond is None else _to64(jax.tree.map(lambda a, i=i: a[i], cond))
+            z_size = math.prod(layer.out_shape)
+            if sign is None and z_size != x0.size:
+                raise AssertionError(
+                    f"check_flow: {where} is declared bijective but maps {x0.size} to {z_size} values."
+                )
+            contrib, ref = _jacobian_term(layer64, x0, k0, c0, sign)
+            ck.close(where, "contribution == brute-force log|det J| (float64)", contrib, ref, tol=1e-6)
+            ck.close(where, "float32 contribution matches float64", c32[i], contrib, tol=1e-3)
+
+
+@eqx.filter_jit
+def _jacobian_term(layer64, x0, k0, c0, sign):
+    z0, contrib = layer64(x0, False, key=k0, cond=c0)
+    if sign is None:
+
+        def f(v):
+            return layer64(v.reshape(x0.shape), False, key=k0, cond=c0)[0].reshape(-1)
+
+        return contrib, jnp.linalg.slogdet(jax.jacobian(f)(x0.reshape(-1)))[1]
+    if x0.size >= z0.size:  # forward reduces: J = d reverse / dz
+
+        def g(v):
+            return layer64(v.reshape(z0.shape), True, key=None, cond=c0)[0].reshape(-1)
+
+        return contrib, sign * _slogdet_tall(jax.jacobian(g)(z0.reshape(-1)))
+
+    def h(v):
+        return layer64(v.reshape(x0.shape), False, key=None, cond=c0)[0].reshape(-1)
+
+    return contrib, sign * _slogdet_tall(jax.jacobian(h)(x0.reshape(-1)))
+
+
+def _check_injective(ck, where, layer, xd, keys, cond, n_jac):
+    keys = None  # injective layers are checked as deterministic maps (no key)
+    z, c = _batched_call(layer, xd, keys, cond)
+    ck.finite(where, "forward output is finite", z, c)
+    d_in, d_out = math.prod(xd.shape[1:]), math.prod(z.shape[1:])
+    if d_in > d_out:
+        # data lives on a manifold: project, then check low -> high -> low.
+        x_proj, _ = _batched_call(layer, z, keys, cond, reverse=True)
+        z2, c2 = _batched_call(layer, x_proj, keys, cond)
+        ck.close(where, "forward(reverse(z)) == z", z2, z)
+        _check_jacobian(ck, where, layer, x_proj, keys, cond, c2, n_jac, sign=-1.0)
+    else:
+        xr, _ = _batched_call(layer, z, keys, cond, reverse=True)
+        ck.close(where, "reverse(forward(x)) == x", xr, xd)
+        _check_jacobian(ck, where, layer, xd, keys, cond, c, n_jac, sign=1.0)
+
+
+def _check_prior(ck, where, layer, xd, keys, cond, n_mc):
+    z, c = _batched_call(layer, xd, keys, cond)
+    ck.finite(where, "log-density is finite", c)
+    if layer.in_shape == layer.out_shape:
+        _, cr = _batched_call(layer, z, keys, cond, reverse=True)
+        ck.close(where, "same contribution forward and reverse", cr, c)
+    # sampling: finite, right shape, and log_q agrees with the forward density
+    cax = None if cond is None else 0
+    xs, lq = jax.vmap(lambda k, cc: layer.sample_and_log_prob(k, cond=cc), in_axes=(0, cax))(keys, cond)
+    if tuple(xs.shape[1:]) != layer.in_shape:
+        raise AssertionError(
+            f"check_flow: {where} sample has shape {xs.shape[1:]}, expected {layer.in_shape}."
+        )
+    ck.finite(where, "samples are finite", xs, lq)
+    _, lp = _batched_call(layer, xs, keys, cond)
+    ck.close(where, "sample's log_q == forward log-density", lq, lp, tol=1e-4)
+    # normalisation on small cases: importance sampling from a broad Gaussian
+    d = math.prod(layer.in_shape)
+    if d <= 2 and n_mc:
+        c0 = None if cond is None else jax.tree.map(lambda a: a[0], cond)
+        xs0, _ = jax.vmap(lambda k: layer.sample_and_log_prob(k, cond=c0))(jr.split(keys[0], 512))
+        mu = jnp.mean(xs0.reshape(512, -1), 0)
+        sd = 3.0 * jnp.std(xs0.reshape(512, -1), 0) + 1e-3
+        eps = jr.normal(keys[-1], (n_mc, d), xs0.dtype)
+        u = mu + sd * eps
+        log_q = jnp.sum(-0.5 * eps**2 - jnp.log(sd) - 0.5 * math.log(2 * math.pi), -1)
+        lp = _densities(layer, u, c0)
+        total = float(jnp.mean(jnp.exp(lp - log_q)))
+        if not abs(total - 1.0) < 0.05:
+            raise AssertionError(
+                f"check_flow: {where} failed 'density integrates to 1': Monte-Carlo integral {total:.4f}."
+            )
+
+
+@eqx.filter_jit
+def _densities(layer, u, c0):
+    return jax.vmap(lambda v: layer(v.reshape(layer.in_shape), key=None, cond=c0)[1])(u)
+
+
+def _check_stochastic(ck, where, layer, xd, keys, cond):
+    z, c = _batched_call(layer, xd, keys, cond)
+    ck.finite(where, "output and contribution are finite with a key", z, c)
+    z2, c2 = _batched_call(layer, xd, keys, cond)
+    ck.close(where, "same key gives the same result", z2, z, tol=0.0)
+    xr, cr = _batched_call(layer, z, keys, cond, reverse=True)
+    ck.finite(where, "reverse output is finite", xr, cr)
+
+
+@eqx.filter_jit
+def _nested(flow, xs, ks, cs):
+    cax = None if cs is None else 0
+    return jax.vmap(lambda a, b, c: _vmapped_call(flow, a, b, c), in_axes=(0, 0, cax))(xs, ks, cs)
+
+
+def _check_consistency(ck, flow, x_batch, keys, cond_batch, label):
+    """Same results unbatched without jit, vmapped under jit, doubly vmapped."""
+    z, c = _batched_call(flow, x_batch, keys, cond_batch)
+    ck.finite(f"{type(flow).__name__} ({label})", "forward output is finite", z, c)
+    c0 = None if cond_batch is None else jax.tree.map(lambda a: a[0], cond_batch)
+    z0, c0_ = flow(x_batch[0], key=keys[0], cond=c0)
+    name = f"{type(flow).__name__} ({label})"
+    ck.close(name, "unbatched call without jit == vmapped call under jit", z0, z[0], tol=1e-4)
+    ck.close(name, "unbatched contribution without jit == vmapped under jit", c0_, c[0], tol=1e-4)
+    n = x_batch.shape[0] - x_batch.shape[0] % 2
+    if n >= 2:
+        resh = lambda a: a[:n].reshape(2, n // 2, *a.shape[1:])  # noqa: E731
+        zn, cn = _nested(
+            flow, resh(x_batch), resh(keys), None if cond_batch is None else jax.tree.map(resh, cond_batch)
+        )
+        ck.close(name, "nested vmap == vmap (output)", zn.reshape(z[:n].shape), z[:n])
+        ck.close(name, "nested vmap == vmap (contribution)", cn.reshape(-1), c[:n])
+    zr, cr = _batched_call(flow, z, keys, cond_batch, reverse=True)
+    ck.finite(name, "reverse output is finite", zr, cr)
+
+
+@eqx.filter_jit
+def _grads(params, static, x_batch, keys, cond_batch):
+    def loss(p):
+        z, c = _vmapped_call(eqx.combine(p, static), x_batch, keys, cond_batch)
+        return jnp.sum(c) - 0.5 * jnp.sum(z**2)
+
+    return jax.grad(loss)(params)
+
+
+def _check_gradients(flow, x_batch, keys, cond_batch, label):
+    params, static = trainable(flow)
+    grads = _grads(params, static, x_batch, keys, cond_batch)
+    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+        where = f"{type(flow).__name__}{jax.tree_util.keystr(path)} ({label})"
+        if not np.all(np.isfinite(np.asarray(g))):
+            raise AssertionError(f"check_flow: {where} has a non-finite gradient.")
+        if not np.any(np.asarray(g) != 0):
+            raise AssertionError(
+                f"check_flow: {where} gets no gradient: d(sum(contribution) - 0.5||z||^2)/dparam is zero. "
+                "A parameter that cannot be trained should be a static field or wrapped in NonTrainable."
+            )
+
+
+def check_flow(
+    flow: AbstractFlow,
+    x_batch: Array,
+    *,
+    key: PRNGKeyArray,
+    cond_batch: PyTree = None,
+    scramble_params: bool = True,
+    n_jacobian: int = 2,
+    n_monte_carlo: int = 20000,
+    tol: float = 1e-5,
+) -> AbstractFlow:
+    """Check a flow the way every nux_eqx layer is checked (NuX's `flow_test`).
+
+    The flow (initialised on `x_batch` first if it is not) is run on the batch; every leaf
+    layer's input is captured and the layer is checked by its `layer_kind`:
+
+    - `bijective`: `reverse(forward(x)) == x`, the same contribution both ways, and the
+      contribution equals the brute-force `log|det J|` of `jax.jacobian` in float64;
+    - `injective` (deterministic, dimension-changing): with `J` the tall Jacobian of the
+      map from the lower- to the higher-dimensional side, the contribution is
+      `+0.5 slogdet(JᵀJ)` when forward goes up in dimension and `-0.5 slogdet(JᵀJ)` when it
+      goes down; low -> high -> low round-trips;
+    - `prior`: finite log-density, samples of the right shape whose `log_q` equals the
+      forward density, and (for at most 2 dimensions) a Monte-Carlo integral of 1;
+    - `surjective` / `stochastic`: finite outputs and contributions with a key, the same
+      result for the same key.
+
+    For the whole flow: the same results unbatched, through `jax.vmap`, doubly nested
+    `jax.vmap`, and under `jax.jit`. Then every trainable parameter is scrambled
+    (`+= 0.1 * N(0, 1)`), the checks are repeated, and the gradient of
+    `sum(contribution) - 0.5 ||z||^2` must be finite and non-zero for every trainable leaf.
+
+    **Arguments:**
+
+    - `flow`: the flow, initialised or not.
+    - `x_batch`: data with one leading batch axis (a few examples suffice; use 4-8).
+    - `key`: a PRNG key.
+    - `cond_batch`: batched conditioning, or `None`.
+    - `scramble_params`: repeat the checks on scrambled parameters (default `True`).
+    - `n_jacobian`: how many examples get the brute-force Jacobian check.
+    - `n_monte_carlo`: samples for the normalisation check of low-dimensional priors.
+    - `tol`: relative tolerance of the float32 checks.
+
+    **Returns:**
+
+    The initialised flow. Raises `AssertionError` naming the layer, the check and the
+    error when a check fails.
+    """
+    x_batch = jnp.asarray(x_batch)
+    k_init, k_scr, k_run = jr.split(key, 3)
+    if not flow.is_initialised:
+        flow = eqx.filter_jit(init)(flow, x_batch, key=k_init, cond=cond_batch)
+    ck = _Checker(tol)
+    keys = _keys(k_run, x_batch.shape[0])
+    versions = [("at init", flow)]
+    if scramble_params:
+        versions.append(("scrambled parameters", scramble(flow, k_scr)))
+    for label, f in versions:
+        _check_consistency(ck, f, x_batch, keys, cond_batch, label)
+        for path, layer, rev, x_in, k_in, c_in, z_out, _ in _leaf_records(f, x_batch, keys, cond_batch):
+            where = f"{path or type(layer).__name__} ({type(layer).__name__}, {label})"
+            xd = z_out if rev else x_in  # the layer's data-side batch
+            kind = getattr(type(layer), "layer_kind", None)
+            if kind == "bijective":
+                _check_bijective(ck, where, layer, xd, k_in if k_in is not None else keys, c_in, n_jacobian)
+            elif kind == "injective":
+                _check_injective(ck, where, layer, xd, k_in if k_in is not None else keys, c_in, n_jacobian)
+            elif kind == "prior":
+                _check_prior(ck, where, layer, xd, keys, c_in, n_monte_carlo)
+            elif kind in ("surjective", "stochastic"):
+                _check_stochastic(ck, where, layer, xd, keys, c_in)
+            else:
+                raise AssertionError(
+                    f"check_flow: {where} declares layer_kind={kind!r}; expected one of "
+                    "'bijective', 'injective', 'surjective', 'stochastic', 'prior'."
+                )
+        if label != "at init" or not scramble_params:
+            _check_gradients(f, x_batch, keys, cond_batch, label)
+    return flow

@@ -1,0 +1,84 @@
+"""The check_flow registry: every public layer and container, with fixed small shapes.
+
+Each family of layers has its own module `tests/cases_<family>.py` that defines
+`CASES: dict[str, Case]`; `all_cases()` merges them. Keep shapes small and fixed (each new
+shape recompiles) so the whole registry fits the CI budget.
+"""
+
+import dataclasses
+import importlib
+import pathlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One registry entry.
+
+    - `make`: builds the (un-initialised) flow.
+    - `data`: a function `key -> x_batch`, or the name of a standard batch below.
+    - `cond`: optional `key -> cond_batch`.
+    - `covers`: the public names this case exercises (defaults to the flow's class name).
+    """
+
+    make: Callable
+    data: str | Callable = "vector"
+    cond: Callable | None = None
+    covers: tuple[str, ...] = ()
+
+
+BATCH = 6
+
+
+def vector(key):
+    """(6, 4) standard normal vectors."""
+    return jr.normal(key, (BATCH, 4))
+
+
+def unit_vector(key):
+    """(6, 4) vectors inside (0, 1) (softmax-like), for Logit-type layers."""
+    return jax.nn.softmax(jr.normal(key, (BATCH, 4)), axis=-1) * 0.9 + 0.05
+
+
+def image(key):
+    """(6, 4, 4, 2) standard normal images."""
+    return jr.normal(key, (BATCH, 4, 4, 2))
+
+
+def unit_image(key):
+    """(6, 4, 4, 2) images inside (0, 1)."""
+    return jr.uniform(key, (BATCH, 4, 4, 2), minval=0.05, maxval=0.95)
+
+
+def levels_image(key):
+    """(6, 4, 4, 2) images of integer levels 0..16 (as floats), for dequantisation."""
+    return jnp.floor(jr.uniform(key, (BATCH, 4, 4, 2)) * 17)
+
+
+STANDARD = {
+    "vector": vector,
+    "unit_vector": unit_vector,
+    "image": image,
+    "unit_image": unit_image,
+    "levels_image": levels_image,
+}
+
+
+def data_of(case: Case, key):
+    fn = STANDARD[case.data] if isinstance(case.data, str) else case.data
+    return fn(key)
+
+
+def all_cases() -> dict[str, Case]:
+    out: dict[str, Case] = {}
+    for path in sorted(pathlib.Path(__file__).parent.glob("cases_*.py")):
+        mod = importlib.import_module(path.stem)
+        for name, case in mod.CASES.items():
+            if name in out:
+                raise ValueError(f"duplicate registry case {name!r} in {path.name}")
+            out[name] = case
+    return out

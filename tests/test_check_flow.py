@@ -1,0 +1,118 @@
+"""check_flow must FAIL on broken layers: a test that cannot fail is a defect."""
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+import pytest
+from jaxtyping import Array, Float
+
+import nux_eqx as nux
+from nux_eqx.testing import check_flow
+
+V = Float[Array, " d"]
+S = Float[Array, ""]
+
+
+class _Affine(nux.AbstractFlow):
+    """A correct elementwise affine layer (the control)."""
+
+    log_s: Float[Array, " d"] | None = None
+    b: Float[Array, " d"] | None = None
+    layer_kind: ClassVar[str] = "bijective"
+
+    def init(self, x_batch, *, key, cond=None):
+        d = x_batch.shape[-1]
+        return eqx.tree_at(
+            lambda s: (s.log_s, s.b), self, (jnp.zeros(d), jnp.zeros(d)), is_leaf=lambda v: v is None
+        )
+
+    def transform(self, x: V, reverse: bool, *, key, cond) -> tuple[V, S]:
+        if reverse:
+            return x * jnp.exp(self.log_s) + self.b, -jnp.sum(self.log_s)
+        return (x - self.b) * jnp.exp(-self.log_s), -jnp.sum(self.log_s)
+
+
+class WrongLogDet(nux.AbstractFlow):
+    """Right map, wrong sign of the log-determinant (hidden at init, where log_s = 0)."""
+
+    log_s: Float[Array, " d"] | None = None
+    layer_kind: ClassVar[str] = "bijective"
+
+    def init(self, x_batch, *, key, cond=None):
+        return eqx.tree_at(lambda s: s.log_s, self, jnp.zeros(x_batch.shape[-1]), is_leaf=lambda v: v is None)
+
+    def transform(self, x: V, reverse: bool, *, key, cond) -> tuple[V, S]:
+        z = x * jnp.exp(self.log_s) if reverse else x * jnp.exp(-self.log_s)
+        return z, jnp.sum(self.log_s)  # should be -sum
+
+
+class WrongInverse(nux.AbstractFlow):
+    w: Float[Array, " d"] | None = None
+    layer_kind: ClassVar[str] = "bijective"
+
+    def init(self, x_batch, *, key, cond=None):
+        return eqx.tree_at(lambda s: s.w, self, jnp.ones(x_batch.shape[-1]), is_leaf=lambda v: v is None)
+
+    def transform(self, x: V, reverse: bool, *, key, cond) -> tuple[V, S]:
+        z = x * self.w if reverse else x * self.w  # reverse should divide
+        return z, jnp.sum(jnp.log(jnp.abs(self.w)))
+
+
+class DeadParameter(nux.AbstractFlow):
+    w: Float[Array, " d"] | None = None
+    unused: Float[Array, " d"] | None = None
+    layer_kind: ClassVar[str] = "bijective"
+
+    def init(self, x_batch, *, key, cond=None):
+        d = x_batch.shape[-1]
+        return eqx.tree_at(
+            lambda s: (s.w, s.unused), self, (jnp.ones(d), jnp.ones(d)), is_leaf=lambda v: v is None
+        )
+
+    def transform(self, x: V, reverse: bool, *, key, cond) -> tuple[V, S]:
+        z = x / self.w if reverse else x * self.w
+        return z, jnp.sum(jnp.log(jnp.abs(self.w)))
+
+
+class BadPrior(nux.AbstractFlow):
+    """An unnormalised 'density'."""
+
+    layer_kind: ClassVar[str] = "prior"
+
+    def transform(self, x: V, reverse: bool, *, key, cond) -> tuple[V, S]:
+        return x, -0.5 * jnp.sum(x**2)  # missing the normalising constant
+
+    def sample_and_log_prob(self, key, *, cond=None, temperature=1.0):
+        return self(temperature * jr.normal(key, self.in_shape), True)
+
+
+X = jr.normal(jr.key(0), (6, 3))
+
+
+def test_control_passes():
+    check_flow(nux.Sequential(_Affine(), nux.UnitGaussianPrior()), X, key=jr.key(1))
+
+
+def test_catches_wrong_log_det():
+    with pytest.raises(
+        AssertionError,
+        match=r"layers\[0\] \(WrongLogDet, scrambled parameters\) failed 'contribution == brute-force",
+    ):
+        check_flow(nux.Sequential(WrongLogDet(), nux.UnitGaussianPrior()), X, key=jr.key(1))
+
+
+def test_catches_wrong_inverse():
+    with pytest.raises(AssertionError, match=r"WrongInverse.*reverse\(forward\(x\)\) == x"):
+        check_flow(WrongInverse(), X, key=jr.key(1))
+
+
+def test_catches_parameter_without_gradient():
+    with pytest.raises(AssertionError, match=r"unused.*gets no gradient"):
+        check_flow(DeadParameter(), X, key=jr.key(1))
+
+
+def test_catches_unnormalised_prior():
+    with pytest.raises(AssertionError, match="integrates to 1"):
+        check_flow(BadPrior(), X[:, :2], key=jr.key(1))

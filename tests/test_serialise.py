@@ -1,0 +1,67 @@
+import equinox as eqx
+import jax
+import jax.random as jr
+import pytest
+
+import nux_eqx as nux
+
+
+def make():
+    return nux.Sequential(nux.ActNorm(), nux.Coupling(hidden_layer_sizes=(8,)), nux.UnitGaussianPrior())
+
+
+@pytest.fixture
+def flow():
+    return nux.init(make(), jr.normal(jr.key(0), (16, 3)), key=jr.key(1))
+
+
+def test_roundtrip_into_initialised_and_uninitialised(tmp_path, flow):
+    path = tmp_path / "flow.eqx"
+    nux.save(path, flow)
+    a = nux.load(path, flow)
+    b = nux.load(path, make())  # no data needed: the input shape is in the checkpoint
+    for loaded in (a, b):
+        assert bool(eqx.tree_equal(loaded, flow))
+        assert loaded.in_shape == (3,)
+
+
+def test_other_architecture_is_a_clear_error(tmp_path, flow):
+    path = tmp_path / "flow.eqx"
+    nux.save(path, flow)
+    other = nux.Sequential(nux.ActNorm(), nux.Coupling(hidden_layer_sizes=(9,)), nux.UnitGaussianPrior())
+    with pytest.raises(nux.CheckpointError, match=r"different flow: leaf .*layers\[1\]"):
+        nux.load(path, other)
+    with pytest.raises(nux.CheckpointError, match="different flow"):
+        nux.load(path, nux.Sequential(nux.ActNorm(), nux.UnitGaussianPrior()))
+
+
+def test_truncated_and_foreign_files(tmp_path, flow):
+    path = tmp_path / "flow.eqx"
+    nux.save(path, flow)
+    data = path.read_bytes()
+    (tmp_path / "cut.eqx").write_bytes(data[: len(data) - 40])
+    with pytest.raises(nux.CheckpointError, match="truncated or corrupt"):
+        nux.load(tmp_path / "cut.eqx", flow)
+    (tmp_path / "junk.eqx").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(nux.CheckpointError, match="not a nux_eqx checkpoint"):
+        nux.load(tmp_path / "junk.eqx", flow)
+
+
+def test_save_is_atomic(tmp_path, flow, monkeypatch):
+    path = tmp_path / "flow.eqx"
+    nux.save(path, flow)
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(eqx, "tree_serialise_leaves", boom)
+    with pytest.raises(RuntimeError):
+        nux.save(path, jax.tree.map(lambda v: v + 1 if eqx.is_inexact_array(v) else v, flow))
+    assert path.read_bytes() == before  # the old checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["flow.eqx"]  # no temporary left behind
+
+
+def test_refuses_uninitialised(tmp_path):
+    with pytest.raises(nux.CheckpointError, match="not initialised"):
+        nux.save(tmp_path / "x.eqx", make())
