@@ -52,6 +52,20 @@ class Sequential(AbstractFlow):
     def children(self):
         return tuple((f"layers[{i}]", f) for i, f in enumerate(self.layers))
 
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, idx: int | slice) -> AbstractFlow:
+        """`flow[i]` is the i-th layer; `flow[a:b]` is a `Sequential` of those layers,
+        initialised when they are (e.g. the bijective trunk of a model)."""
+        if not isinstance(idx, slice):
+            return self.layers[idx]
+        layers = self.layers[idx]
+        out = Sequential(*layers)
+        if all(f.is_initialised for f in layers):
+            out = with_shapes(out, layers[0].in_shape, layers[-1].out_shape)
+        return out
+
     def transform(
         self, x: Shaped[Array, "..."], reverse: bool, *, key: PRNGKeyArray | None, cond: PyTree
     ) -> tuple[Shaped[Array, "..."], Shaped[Array, ""]]:
