@@ -285,7 +285,7 @@ def _check_gradients(flow, x_batch, keys, cond_batch, label):
         where = f"{type(flow).__name__}{jax.tree_util.keystr(path)} ({label})"
         if not np.all(np.isfinite(np.asarray(g))):
             raise AssertionError(f"check_flow: {where} has a non-finite gradient.")
-        if not np.any(np.asarray(g) != 0):
+        if np.size(g) and not np.any(np.asarray(g) != 0):  # an empty leaf has nothing to train
             raise AssertionError(
                 f"check_flow: {where} gets no gradient: d(sum(contribution) - 0.5||z||^2)/dparam is zero. "
                 "A parameter that cannot be trained should be a static field or wrapped in NonTrainable."

@@ -12,3 +12,10 @@ from ._gaussian import (
 from ._gaussian import (
     std_normal_log_prob as std_normal_log_prob,
 )
+from ._more import AffineGaussianPriorFullCov as AffineGaussianPriorFullCov
+from ._more import DiagGaussianPrior as DiagGaussianPrior
+from ._more import GMMPrior as GMMPrior
+from ._more import LogisticPrior as LogisticPrior
+from ._more import MixtureGaussianPrior as MixtureGaussianPrior
+from ._more import StudentTPrior as StudentTPrior
+from ._more import UniformDirichletPrior as UniformDirichletPrior

@@ -60,6 +60,8 @@ class ConditionalGaussianPrior(AbstractFlow):
     hidden_layer_sizes: tuple[int, ...] = eqx.field(static=True)
     n_channels: int = eqx.field(static=True)
     network_factory: Callable | None = eqx.field(static=True)
+    feature_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
+    """The shape of one example's conditioning features, recorded by `init`."""
     layer_kind: ClassVar[str] = "prior"
     needs_cond: ClassVar[bool] = True
 
@@ -70,10 +72,11 @@ class ConditionalGaussianPrior(AbstractFlow):
         self.n_channels = int(n_channels)
         self.network_factory = network_factory
         self.network = None
+        self.feature_shape = None
 
     def init(self, x_batch, *, key, cond=None):
         shape = tuple(x_batch.shape[1:])
-        if cond is None:
+        if not jax.tree.leaves(cond):
             raise ValueError(
                 "ConditionalGaussianPrior needs a conditioning: use it as the second flow of a "
                 "ChainRule, or pass `cond=` to nux_eqx.init."
@@ -87,10 +90,21 @@ class ConditionalGaussianPrior(AbstractFlow):
             )
         )
         net = cast_floating(factory(in_shape, out_shape, key=key), x_batch.dtype)
-        return eqx.tree_at(lambda s: s.network, self, net, is_leaf=lambda v: v is None)
+        new = eqx.tree_at(lambda s: s.network, self, net, is_leaf=lambda v: v is None)
+        # `feature_shape` is static metadata: set it on the copy `tree_at` returned.
+        object.__setattr__(new, "feature_shape", in_shape)
+        return new
 
     def _params(self, shape, cond):
         feats = cond_features(cond, shape)
+        if self.feature_shape is not None and tuple(feats.shape) != self.feature_shape:
+            leaves = tuple(tuple(jnp.shape(leaf)) for leaf in jax.tree.leaves(cond))
+            raise ShapeError(
+                f"ConditionalGaussianPrior was initialised with conditioning features of shape "
+                f"{self.feature_shape} per example, but this cond (leaves of shapes {leaves}) gives "
+                f"{tuple(feats.shape)}; pass the conditioning of ONE example per call, with the "
+                "structure used at init (batch it with jax.vmap alongside x)."
+            )
         h = self.network(feats.astype(self.network_dtype()))
         c = shape[-1]
         return h[..., :c], h[..., c:]

@@ -1,0 +1,71 @@
+"""Shared helpers of the surjective layers: conditioner networks and conditional
+Gaussians."""
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, PyTree
+
+from .._containers import ChainRuleCond
+from .._flow import ShapeError
+from ..nn import cast_floating, cond_features, default_network
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def features(primary: Array, cond: PyTree, like: tuple[int, ...]) -> Array:
+    """The network input: `primary` (an array shaped like an example) together with the
+    outer conditioning, as `nux_eqx.nn.cond_features(ChainRuleCond(primary, cond), like)`."""
+    return cond_features(ChainRuleCond(primary, cond), like)
+
+
+def batched_feature_shape(primary_batch: Array, cond_batch: PyTree, like: tuple[int, ...]) -> tuple[int, ...]:
+    """The unbatched shape of `features` for a batch (shape-only)."""
+    p0 = jax.ShapeDtypeStruct(primary_batch.shape[1:], primary_batch.dtype)
+    c0 = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[1:], jnp.result_type(a)), cond_batch)
+    return tuple(jax.eval_shape(lambda p, c: features(p, c, like), p0, c0).shape)
+
+
+def build_network(
+    owner: str,
+    factory: Callable | None,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    dtype,
+    key,
+    hidden_layer_sizes: Sequence[int],
+    n_channels: int,
+):
+    """Build a conditioner with `factory` (or `nux_eqx.nn.default_network`), check its
+    output shape and cast it to `dtype`."""
+    if factory is None:
+        net = default_network(
+            in_shape, out_shape, key=key, hidden_layer_sizes=hidden_layer_sizes, n_channels=n_channels
+        )
+    else:
+        net = factory(in_shape, out_shape, key=key)
+    out = jax.eval_shape(net, jax.ShapeDtypeStruct(in_shape, dtype))
+    if tuple(out.shape) != tuple(out_shape):
+        raise ShapeError(f"{owner}: the network maps {in_shape} to {out.shape}, expected {out_shape}.")
+    return cast_floating(net, dtype)
+
+
+def network_dtype(net) -> jnp.dtype:
+    return jax.tree.leaves(net)[0].dtype
+
+
+def gaussian_log_prob(x: Array, mean: Array, log_scale: Array) -> Array:
+    """`log N(x; mean, diag(exp(2 log_scale)))` summed over every element."""
+    eps = (x - mean) * jnp.exp(-log_scale)
+    return jnp.sum(-0.5 * eps**2 - log_scale) - 0.5 * x.size * LOG_2PI
+
+
+def need_key(owner: str, key) -> None:
+    if key is None:
+        raise ValueError(
+            f"{owner} samples the values its forward pass discarded when run in reverse, so the "
+            "reverse direction needs a PRNG key: call it as `flow(z, True, key=jax.random.key(0))`, "
+            "or use `nux_eqx.sample(flow, key)`."
+        )
