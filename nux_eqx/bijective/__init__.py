@@ -1,7 +1,20 @@
 """Bijective layers."""
 
+from ._autoregressive import MADE as MADE
+from ._autoregressive import MAF as MAF
+from ._autoregressive import ConditionalMAF as ConditionalMAF
+from ._autoregressive import ConditionalMaskedAutoregressiveSpline as ConditionalMaskedAutoregressiveSpline
+from ._autoregressive import MaskedAutoregressiveSpline as MaskedAutoregressiveSpline
+from ._autoregressive import made_masks as made_masks
+from ._autoregressive import made_ordering as made_ordering
 from ._conv import OneByOneConv as OneByOneConv
 from ._conv import OnebyOneConv as OnebyOneConv
+from ._conv_linear import CircularConv as CircularConv
+from ._conv_linear import LocalDense as LocalDense
+from ._conv_linear import OneByOneConvLDU as OneByOneConvLDU
+from ._conv_linear import OnebyOneConvLDU as OnebyOneConvLDU
+from ._conv_linear import OneByOneConvLU as OneByOneConvLU
+from ._coupling import ConditionedCoupling as ConditionedCoupling
 from ._coupling import Coupling as Coupling
 from ._elementwise import (
     Identity as Identity,
@@ -18,7 +31,17 @@ from ._elementwise import (
 from ._elementwise import (
     Sigmoid as Sigmoid,
 )
+from ._linear import Affine as Affine
+from ._linear import AffineDense as AffineDense
+from ._linear import AffineLDU as AffineLDU
+from ._linear import AffineSVD as AffineSVD
+from ._linear import Householder as Householder
+from ._nonlinear import SoftmaxPP as SoftmaxPP
+from ._nonlinear import Softplus as Softplus
+from ._nonlinear import Tanh as Tanh
 from ._normalization import ActNorm as ActNorm
+from ._permute import Permute as Permute
+from ._permute import permutation as permutation
 from ._reshape import (
     Flatten as Flatten,
 )
@@ -43,3 +66,8 @@ from ._reshape import (
 from ._reshape import (
     unsqueeze as unsqueeze,
 )
+from ._spline import NeuralSpline as NeuralSpline
+from ._spline import RationalQuadraticSpline as RationalQuadraticSpline
+from ._spline import rational_quadratic_spline as rational_quadratic_spline
+from ._spline import spline_from_knots as spline_from_knots
+from ._spline import spline_knots as spline_knots

@@ -85,7 +85,12 @@ def _logit_log_det(z, lmbda):
 class Logit(AbstractFlow):
     """NuX's `Logit`: `z = logit(lmbda + (1 - 2 lmbda) x)` for `x` in `(0, 1)`.
 
-    Use a non-zero `lmbda` for images in `[0, 1]` so that the ends stay finite.
+    Use a non-zero `lmbda` for images in `[0, 1]` so that the ends stay finite: with
+    `lmbda > 0` the whole closed interval `[0, 1]` maps to finite values, with finite
+    contribution and gradients. With `lmbda=0` the map is the exact logit, so an input of
+    exactly `0` or `1` gives `z = -inf` / `+inf` and an infinite contribution (the true
+    value, not an error); inputs outside `[0, 1]` give NaN. Run under
+    [`nux_eqx.check_finite`][] to turn either into an error that names this layer.
 
     **Arguments:**
 

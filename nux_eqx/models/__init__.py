@@ -3,3 +3,6 @@
 from ._glow import GlowBlock as GlowBlock
 from ._glow import MultiscaleGlow as MultiscaleGlow
 from ._glow import multi_scale as multi_scale
+from ._vector import MaskedAutoregressiveFlow as MaskedAutoregressiveFlow
+from ._vector import NeuralSplineFlow as NeuralSplineFlow
+from ._vector import RealNVP as RealNVP

@@ -4,6 +4,7 @@ from typing import Literal
 
 from .._containers import ChainRule, Factored, Sequential
 from .._flow import AbstractFlow
+from .._repeat import Repeat
 from ..bijective import ActNorm, Coupling, Identity, Logit, OneByOneConv, Squeeze, UnSqueeze
 from ..priors import ConditionalGaussianPrior, UnitGaussianPrior
 from ..surjective import UniformDequantization
@@ -57,6 +58,7 @@ def MultiscaleGlow(
     dequantize: float | None = None,
     lmbda: float = 0.05,
     kind: Literal["affine", "additive"] = "affine",
+    repeat: bool = False,
 ) -> Sequential:
     """A multiscale Glow for `(h, w, c)` images (Kingma & Dhariwal 2018).
 
@@ -78,6 +80,11 @@ def MultiscaleGlow(
       log-likelihood is that of the discrete data (a lower bound).
     - `lmbda`: the `Logit` squeeze when dequantising.
     - `kind`: the couplings' kind.
+    - `repeat`: wrap each level's `n_blocks` Glow steps in `Repeat(GlowBlock(...), n_blocks)`
+      (one `lax.scan` over stacked parameters), so compile time does not grow with
+      `n_blocks`. The default `False` unrolls them in a `Sequential`. On XLA:CPU a
+      scanned convolution's weight gradient is slow, so training steps run ~10x slower
+      (see `Repeat`); use it there for deep stacks where compile time dominates.
 
     **Returns:** an un-initialised `Sequential`; call `nux_eqx.init` on a batch.
     """
@@ -89,6 +96,8 @@ def MultiscaleGlow(
         )
 
     def blocks():
+        if repeat:
+            return [Repeat(GlowBlock(n_channels, kind), n_blocks)]
         return [GlowBlock(n_channels, kind) for _ in range(n_blocks)]
 
     if factor_out == "none":

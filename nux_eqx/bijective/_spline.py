@@ -1,0 +1,443 @@
+"""Rational-quadratic splines (Durkan et al. 2019, "Neural Spline Flows"):
+the function `rational_quadratic_spline`, the elementwise layer
+`RationalQuadraticSpline` and the coupling layer `NeuralSpline`.
+
+The spline maps `[-B, B]` onto itself through `K` monotone rational-quadratic bins and is
+the identity (slope 1) outside, so it is defined on all of `R` and its derivative is
+continuous at `±B` (the end derivatives are fixed to 1).
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._flow import AbstractFlow, ShapeError
+from .._types import AnyShape, Cond, Key, Scalar
+from ..nn import cast_floating, default_network
+
+# --------------------------------------------------------------------------------------
+# Configuration checks (shared with the autoregressive spline).
+# --------------------------------------------------------------------------------------
+
+
+def check_spline_config(
+    owner: str,
+    K: int,
+    B: float,
+    min_bin_width: float,
+    min_bin_height: float,
+    min_derivative: float,
+) -> tuple[int, float, float, float, float]:
+    """Validate a spline configuration; return it normalised to Python ints / floats.
+
+    Raises `ValueError` with a message saying what is allowed."""
+    if isinstance(K, bool) or not isinstance(K, int | jnp.integer) or int(K) < 2:
+        raise ValueError(f"{owner}: K (the number of bins) must be an integer >= 2, got {K!r}.")
+    K = int(K)
+    try:
+        B = float(B)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{owner}: B (the half-width of the interval [-B, B]) must be a number.") from e
+    if not (B > 0 and math.isfinite(B)):
+        raise ValueError(
+            f"{owner}: B (the spline acts on [-B, B], identity outside) must be a finite number > 0, got {B}."
+        )
+    for name, m in (("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)):
+        m = float(m)
+        if not (m > 0 and m * K < 1):
+            raise ValueError(
+                f"{owner}: {name} is a fraction of the interval and K bins must fit: it must satisfy "
+                f"0 < {name} < 1/K = {1 / K:.4g} (K={K}), got {m}."
+            )
+    min_derivative = float(min_derivative)
+    if not 0 < min_derivative < 1:
+        raise ValueError(
+            f"{owner}: min_derivative must be in (0, 1) (the knot slopes start at 1), got {min_derivative}."
+        )
+    return K, B, float(min_bin_width), float(min_bin_height), min_derivative
+
+
+def n_spline_params(K: int) -> int:
+    """The number of unconstrained parameters of one scalar spline with `K` bins:
+    `K` widths, `K` heights and `K - 1` interior derivatives."""
+    return 3 * K - 1
+
+
+# --------------------------------------------------------------------------------------
+# The function.
+# --------------------------------------------------------------------------------------
+
+
+def spline_knots(
+    widths: Float[Array, "*batch K"],
+    heights: Float[Array, "*batch K"],
+    derivatives: Float[Array, "*batch Km1"],
+    *,
+    B: float = 3.0,
+    min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+) -> tuple[Float[Array, "*batch Kp1"], Float[Array, "*batch Kp1"], Float[Array, "*batch Kp1"]]:
+    """Turn unconstrained spline parameters into knots.
+
+    Bin widths are `min_bin_width + (1 - K min_bin_width) softmax(widths)` (fractions of
+    `2B`), likewise the heights; the interior knot derivatives are
+    `min_derivative + softplus(derivatives + c)` with `c` chosen so that a zero parameter
+    gives slope 1. The two end derivatives are 1 (identity tails). All parameters zero
+    give the identity map.
+
+    **Arguments:**
+
+    - `widths`, `heights`: `(..., K)` unconstrained bin widths and heights.
+    - `derivatives`: `(..., K - 1)` unconstrained interior knot derivatives.
+    - `B`: the spline acts on `[-B, B]`.
+    - `min_bin_width`, `min_bin_height`, `min_derivative`: lower bounds.
+
+    **Returns:**
+
+    `(x_knots, y_knots, knot_derivatives)`, each `(..., K + 1)`, with
+    `x_knots[..., 0] = y_knots[..., 0] = -B` and `x_knots[..., -1] = y_knots[..., -1] = B`.
+    """
+    K = widths.shape[-1]
+    check_spline_config("spline_knots", K, B, min_bin_width, min_bin_height, min_derivative)
+    if heights.shape[-1] != K or derivatives.shape[-1] != K - 1:
+        raise ShapeError(
+            f"spline_knots: widths and heights need K entries and derivatives K - 1 on the last axis; "
+            f"got {widths.shape[-1]}, {heights.shape[-1]} and {derivatives.shape[-1]}."
+        )
+
+    def knots(u, m):
+        frac = m + (1 - m * K) * jax.nn.softmax(u, axis=-1)
+        inner = 2 * B * jnp.cumsum(frac, axis=-1)[..., :-1] - B
+        ends = jnp.ones((*u.shape[:-1], 1), u.dtype)
+        return jnp.concatenate([-B * ends, inner, B * ends], axis=-1)
+
+    shift = math.log(math.expm1(1.0 - min_derivative))  # softplus(shift) = 1 - min_derivative
+    inner = min_derivative + jax.nn.softplus(derivatives + shift)
+    ones = jnp.ones((*derivatives.shape[:-1], 1), derivatives.dtype)
+    return (
+        knots(widths, min_bin_width),
+        knots(heights, min_bin_height),
+        jnp.concatenate([ones, inner, ones], axis=-1),
+    )
+
+
+def _gather(a, idx):
+    return jnp.take_along_axis(a, idx[..., None], axis=-1)[..., 0]
+
+
+def spline_from_knots(
+    x: Float[Array, "*batch"],
+    x_knots: Float[Array, "*batch Kp1"],
+    y_knots: Float[Array, "*batch Kp1"],
+    knot_derivatives: Float[Array, "*batch Kp1"],
+    *,
+    inverse: bool = False,
+) -> tuple[Float[Array, "*batch"], Float[Array, "*batch"]]:
+    """Evaluate a monotone rational-quadratic spline given its knots (elementwise).
+
+    Inside `[x_knots[0], x_knots[-1]]` (the `y_knots` range when `inverse`) the paper's
+    bin formulas apply; outside, the map is the identity. Out-of-range inputs are clipped
+    into the interval before the bin formulas so that the unused branch stays finite and
+    gradients are finite everywhere (the bug of flowjax#239 / nflows#23).
+
+    **Arguments:**
+
+    - `x`: the inputs (`y` when `inverse`).
+    - `x_knots`, `y_knots`, `knot_derivatives`: `(..., K + 1)` as from `spline_knots`,
+      broadcastable against `x[..., None]`.
+    - `inverse`: evaluate the inverse map.
+
+    **Returns:**
+
+    `(out, log_det)`, both shaped like `x`: the image of `x` (its preimage when
+    `inverse`) and `log g'(x)` at the forward-side point (the same value in both
+    directions, as every nux_eqx contribution).
+    """
+    shape = jnp.broadcast_shapes(x.shape, x_knots.shape[:-1])
+    x = jnp.broadcast_to(x, shape)
+    xk, yk, dk = (jnp.broadcast_to(a, (*shape, a.shape[-1])) for a in (x_knots, y_knots, knot_derivatives))
+    K = xk.shape[-1] - 1
+    ref = yk if inverse else xk
+    lo, hi = ref[..., 0], ref[..., -1]
+    inside = (x >= lo) & (x <= hi)
+    # Not `jnp.clip`: its gradient is 1/2 at the bounds, where the spline's slope is 1.
+    xc = jnp.where(inside, x, jnp.where(x < lo, lo, hi))
+    idx = jnp.sum(xc[..., None] >= ref[..., 1:K], axis=-1)
+    x0, x1 = _gather(xk, idx), _gather(xk, idx + 1)
+    y0, y1 = _gather(yk, idx), _gather(yk, idx + 1)
+    d0, d1 = _gather(dk, idx), _gather(dk, idx + 1)
+    w, h = x1 - x0, y1 - y0
+    s = h / w
+    if inverse:
+        # The paper's quadratic a xi^2 + b xi + c = 0, divided by h, with r = (y - y_k) / h:
+        # a = s - d0 + r D, b = d0 - r D, c = -s r (D = d0 + d1 - 2s); its stable root is
+        # xi = 2c / (-b - sqrt(b^2 - 4ac)). With m = (1 - r) d0 + r d1 one has (expand)
+        # b^2 - 4ac = m^2 + 4 (s^2 - d0 d1) r (1 - r) and b + m = 2 (1 - r) d0 + 2 s r, so
+        # xi = s r / ((1 - r) d0 + s r + 2 (s^2 - d0 d1) r (1 - r) / (sqrt(disc) + m)):
+        # the same root, free of cancellation, and exactly 0 and 1 at the knots.
+        r = (xc - y0) / h
+        m = (1 - r) * d0 + r * d1
+        q = 4 * (s * s - d0 * d1) * r * (1 - r)
+        root = jnp.sqrt(jnp.maximum(m * m + q, 0.0))
+        xi = s * r / ((1 - r) * d0 + s * r + 0.5 * q / (root + m))
+        out = x0 + xi * w
+    else:
+        xi = (xc - x0) / w
+    t = xi * (1 - xi)
+    # s + (d0 + d1 - 2s) t, written as a sum of positive terms.
+    denom = s * (xi * xi + (1 - xi) * (1 - xi)) + (d0 + d1) * t
+    if not inverse:
+        out = y0 + h * (s * xi * xi + d0 * t) / denom
+    log_det = (
+        2 * jnp.log(s) + jnp.log(d1 * xi * xi + 2 * s * t + d0 * (1 - xi) * (1 - xi)) - 2 * jnp.log(denom)
+    )
+    out = jnp.where(inside, out, x)
+    log_det = jnp.where(inside, log_det, jnp.zeros_like(log_det))
+    return out, log_det
+
+
+def rational_quadratic_spline(
+    x: Float[Array, "*batch"],
+    widths: Float[Array, "*batch K"],
+    heights: Float[Array, "*batch K"],
+    derivatives: Float[Array, "*batch Km1"],
+    *,
+    B: float = 3.0,
+    inverse: bool = False,
+    min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+) -> tuple[Float[Array, "*batch"], Float[Array, "*batch"]]:
+    """The monotone rational-quadratic spline of Durkan et al. (2019), elementwise.
+
+    `K` bins on `[-B, B]` (K = `widths.shape[-1]`), identity with slope 1 outside. In bin
+    `k`, with `xi = (x - x_k) / w_k` and `s_k = h_k / w_k`,
+
+    `g(x) = y_k + h_k (s_k xi^2 + d_k xi (1 - xi)) / (s_k + (d_{k+1} + d_k - 2 s_k) xi (1 - xi))`;
+
+    the inverse solves the paper's quadratic with its numerically stable root. See
+    [`nux_eqx.spline_knots`][] for how the unconstrained parameters become knots. The
+    parameters broadcast against `x` (one spline per element of `x`).
+
+    **Arguments:**
+
+    - `x`: the inputs (`y` when `inverse=True`).
+    - `widths`, `heights`: `(..., K)` unconstrained bin widths / heights.
+    - `derivatives`: `(..., K - 1)` unconstrained interior knot derivatives.
+    - `B`: half-width of the interval (default 3.0, as in the NSF paper).
+    - `inverse`: evaluate `g^{-1}` instead of `g`.
+    - `min_bin_width`, `min_bin_height`: lower bounds on bin sizes as fractions of `2B`
+      (each in `(0, 1/K)`); `min_derivative`: lower bound on the knot slopes, in `(0, 1)`.
+
+    **Returns:**
+
+    `(out, log_det)`, shaped like `x`: `g(x)` (or `g^{-1}(y)`) and `log g'` at the
+    forward-side point, elementwise (the same value in both directions).
+    """
+    xk, yk, dk = spline_knots(
+        widths,
+        heights,
+        derivatives,
+        B=B,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
+    )
+    return spline_from_knots(x, xk, yk, dk, inverse=inverse)
+
+
+def _split_params(p: Array, K: int) -> tuple[Array, Array, Array]:
+    return p[..., :K], p[..., K : 2 * K], p[..., 2 * K :]
+
+
+# --------------------------------------------------------------------------------------
+# Layers.
+# --------------------------------------------------------------------------------------
+
+
+class RationalQuadraticSpline(AbstractFlow):
+    """An elementwise rational-quadratic spline with learned parameters per feature.
+
+    Every entry of `x` (any shape) has its own spline with `K` bins on `[-B, B]` and the
+    identity outside (see [`nux_eqx.rational_quadratic_spline`][]). The parameters start
+    at zero, i.e. at the identity map. The contribution is `sum log g'(x)`.
+
+    **Arguments:**
+
+    - `K`: the number of bins (an integer >= 2; default 8).
+    - `B`: the half-width of the interval (default 3.0).
+    - `min_bin_width`, `min_bin_height`: in `(0, 1/K)` (default 1e-3).
+    - `min_derivative`: in `(0, 1)` (default 1e-3).
+    """
+
+    widths: Array | None
+    heights: Array | None
+    derivatives: Array | None
+    K: int = eqx.field(static=True)
+    B: float = eqx.field(static=True)
+    min_bin_width: float = eqx.field(static=True)
+    min_bin_height: float = eqx.field(static=True)
+    min_derivative: float = eqx.field(static=True)
+    layer_kind: ClassVar[str] = "bijective"
+
+    def __init__(
+        self,
+        K: int = 8,
+        B: float = 3.0,
+        *,
+        min_bin_width: float = 1e-3,
+        min_bin_height: float = 1e-3,
+        min_derivative: float = 1e-3,
+    ):
+        self.K, self.B, self.min_bin_width, self.min_bin_height, self.min_derivative = check_spline_config(
+            "RationalQuadraticSpline", K, B, min_bin_width, min_bin_height, min_derivative
+        )
+        self.widths = self.heights = self.derivatives = None
+
+    def init(self, x_batch, *, key, cond=None):
+        shape, dt = tuple(x_batch.shape[1:]), x_batch.dtype
+        new = (
+            jnp.zeros((*shape, self.K), dt),
+            jnp.zeros((*shape, self.K), dt),
+            jnp.zeros((*shape, self.K - 1), dt),
+        )
+        return eqx.tree_at(
+            lambda s: (s.widths, s.heights, s.derivatives), self, new, is_leaf=lambda v: v is None
+        )
+
+    def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
+        z, log_det = rational_quadratic_spline(
+            x,
+            self.widths,
+            self.heights,
+            self.derivatives,
+            B=self.B,
+            inverse=reverse,
+            min_bin_width=self.min_bin_width,
+            min_bin_height=self.min_bin_height,
+            min_derivative=self.min_derivative,
+        )
+        return z, jnp.sum(log_det)
+
+
+class NeuralSpline(AbstractFlow):
+    """Coupling rational-quadratic spline flow (RQ-NSF (C), Durkan et al. 2019; NuX's
+    `NeuralSpline`), for vectors `(d,)` and images `(h, w, c)`.
+
+    As in [`nux_eqx.Coupling`][], the last axis is split into `x_a` (the first
+    `floor(d/2)` features / channels), which is **transformed**, and `x_b` (the rest),
+    which is passed through and feeds the network: `z_a = g(x_a; net(x_b))`, `z_b = x_b`,
+    elementwise splines with `K` bins on `[-B, B]` and identity tails. The contribution is
+    `sum log g'(x_a)`. The network's last layer starts at zero, so the layer starts at the
+    identity. Pair it with `Reverse()` (vectors) or a 1x1 convolution (images).
+
+    Differences from NuX: NuX's spline acted on `[0, 1]` (identity outside
+    `(1e-5, 1 - 1e-5)`, so inputs had to be squashed into the unit interval first) and
+    transformed the *second* half, conditioned on the first. nux_eqx works on `[-B, B]`
+    with identity (slope 1) tails, so it applies to unbounded data directly, and it
+    transforms the first half like `Coupling`, so the two are interchangeable;
+    `Sequential(Reverse(), NeuralSpline(), Reverse())` transforms the second half.
+
+    **Arguments:**
+
+    - `K`: the number of bins (an integer >= 2; default 8).
+    - `B`: the half-width of the interval (default 3.0).
+    - `hidden_layer_sizes`: widths of the default `nux_eqx.nn.MLP` (vectors).
+    - `n_channels`: hidden width of the default `nux_eqx.nn.ConvNet` (images).
+    - `network_factory`: optional `factory(in_shape, out_shape, *, key) -> module`; it maps
+      `x_b` to `(.., d_a * (3K - 1))`: for each transformed feature, `K` widths, `K`
+      heights and `K - 1` derivatives (unconstrained), in that order.
+    - `min_bin_width`, `min_bin_height`: in `(0, 1/K)` (default 1e-3).
+    - `min_derivative`: in `(0, 1)` (default 1e-3).
+    """
+
+    network: eqx.Module | None
+    K: int = eqx.field(static=True)
+    B: float = eqx.field(static=True)
+    hidden_layer_sizes: tuple[int, ...] = eqx.field(static=True)
+    n_channels: int = eqx.field(static=True)
+    network_factory: Callable | None = eqx.field(static=True)
+    min_bin_width: float = eqx.field(static=True)
+    min_bin_height: float = eqx.field(static=True)
+    min_derivative: float = eqx.field(static=True)
+    layer_kind: ClassVar[str] = "bijective"
+
+    def __init__(
+        self,
+        K: int = 8,
+        B: float = 3.0,
+        hidden_layer_sizes: Sequence[int] = (1024, 1024, 1024, 1024),
+        n_channels: int = 256,
+        network_factory: Callable | None = None,
+        *,
+        min_bin_width: float = 1e-3,
+        min_bin_height: float = 1e-3,
+        min_derivative: float = 1e-3,
+    ):
+        self.K, self.B, self.min_bin_width, self.min_bin_height, self.min_derivative = check_spline_config(
+            "NeuralSpline", K, B, min_bin_width, min_bin_height, min_derivative
+        )
+        self.hidden_layer_sizes = tuple(int(h) for h in hidden_layer_sizes)
+        if any(h < 1 for h in self.hidden_layer_sizes):
+            raise ValueError(
+                f"NeuralSpline: hidden_layer_sizes must be positive, got {self.hidden_layer_sizes}."
+            )
+        self.n_channels = int(n_channels)
+        self.network_factory = network_factory
+        self.network = None
+
+    def init(self, x_batch, *, key, cond=None):
+        shape = tuple(x_batch.shape[1:])
+        if len(shape) not in (1, 3):
+            raise ShapeError(
+                f"NeuralSpline takes vectors (d,) or images (h, w, c), got examples of shape {shape}."
+            )
+        d_a = shape[-1] // 2
+        if d_a == 0:
+            raise ShapeError(
+                f"NeuralSpline needs at least 2 features on the last axis to split, got shape {shape}; "
+                "use `RationalQuadraticSpline` for a single feature (or `Squeeze()` images first)."
+            )
+        in_shape = (*shape[:-1], shape[-1] - d_a)
+        out_shape = (*shape[:-1], d_a * n_spline_params(self.K))
+        if self.network_factory is None:
+            net = default_network(
+                in_shape,
+                out_shape,
+                key=key,
+                hidden_layer_sizes=self.hidden_layer_sizes,
+                n_channels=self.n_channels,
+            )
+        else:
+            net = self.network_factory(in_shape, out_shape, key=key)
+        out = jax.eval_shape(net, jax.ShapeDtypeStruct(in_shape, x_batch.dtype))
+        if tuple(out.shape) != out_shape:
+            raise ShapeError(
+                f"NeuralSpline: the network maps {in_shape} to {out.shape}, expected {out_shape}."
+            )
+        net = cast_floating(net, x_batch.dtype)
+        return eqx.tree_at(lambda s: s.network, self, net, is_leaf=lambda v: v is None)
+
+    def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
+        d_a = x.shape[-1] // 2
+        x_a, x_b = x[..., :d_a], x[..., d_a:]
+        p = self.network(x_b).reshape(*x_a.shape, n_spline_params(self.K))
+        w, h, d = _split_params(p, self.K)
+        z_a, log_det = rational_quadratic_spline(
+            x_a,
+            w,
+            h,
+            d,
+            B=self.B,
+            inverse=reverse,
+            min_bin_width=self.min_bin_width,
+            min_bin_height=self.min_bin_height,
+            min_derivative=self.min_derivative,
+        )
+        return jnp.concatenate([z_a, x_b], axis=-1), jnp.sum(log_det)

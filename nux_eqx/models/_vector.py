@@ -1,0 +1,174 @@
+"""Ready-made flows for vectors (and RealNVP for images): `RealNVP`,
+`MaskedAutoregressiveFlow`, `NeuralSplineFlow`."""
+
+from collections.abc import Sequence
+from typing import Literal
+
+from .._containers import Sequential
+from .._flow import AbstractFlow
+from ..bijective import ActNorm, Coupling, Logit, Permute, Reverse
+from ..priors import UnitGaussianPrior
+from ..surjective import UniformDequantization
+
+
+def _builder(fn):
+    fn.__nux_builder__ = True
+    return fn
+
+
+def _check_layers(name: str, n_layers: int) -> int:
+    n_layers = int(n_layers)
+    if n_layers < 1:
+        raise ValueError(f"{name}: n_layers must be >= 1, got {n_layers}.")
+    return n_layers
+
+
+def _mixer(permutation: str, i: int) -> AbstractFlow:
+    if permutation == "reverse":
+        return Reverse()
+    return Permute(seed=i)
+
+
+def _check_permutation(name: str, permutation: str) -> None:
+    if permutation not in ("random", "reverse"):
+        raise ValueError(f"{name}: permutation must be 'random' or 'reverse', got {permutation!r}.")
+
+
+def _finish(layers: list[AbstractFlow], dequantize: float | None, lmbda: float) -> Sequential:
+    body = [*layers, UnitGaussianPrior()]
+    if dequantize is not None:
+        body = [UniformDequantization(scale=dequantize), Logit(lmbda), *body]
+    return Sequential(*body)
+
+
+@_builder
+def RealNVP(
+    n_layers: int = 8,
+    hidden_layer_sizes: Sequence[int] = (128, 128),
+    *,
+    n_channels: int = 64,
+    kind: Literal["affine", "additive"] = "affine",
+    mask: Literal["half", "checkerboard"] = "half",
+    permutation: Literal["random", "reverse"] = "random",
+    actnorm: bool = True,
+    dequantize: float | None = None,
+    lmbda: float = 0.05,
+) -> Sequential:
+    """RealNVP (Dinh et al. 2017): a stack of coupling layers and a standard normal prior.
+
+    Each of the `n_layers` layers is `ActNorm -> Coupling -> permutation` with
+    `mask="half"` (vectors; images with at least 2 channels, split on channels), or
+    `ActNorm -> Coupling(mask="checkerboard", parity=i % 2)` with `mask="checkerboard"`
+    (images, including one-channel images: RealNVP's spatial checkerboard masks).
+
+    **Arguments:**
+
+    - `n_layers`: the number of coupling layers.
+    - `hidden_layer_sizes`: the widths of each coupling's MLP (vectors).
+    - `n_channels`: the hidden width of each coupling's ConvNet (images).
+    - `kind`: `"affine"` (default) or `"additive"` couplings.
+    - `mask`: `"half"` (default) or `"checkerboard"` (images).
+    - `permutation`: between half-mask couplings, a fixed random [`nux_eqx.Permute`][]
+      (`"random"`, default: a different seed per layer, so every feature of an odd-sized
+      vector gets transformed) or `Reverse()` (`"reverse"`, classic RealNVP; for vectors
+      of odd size the middle feature is then never transformed by a coupling).
+    - `actnorm`: start each layer with a data-initialised `ActNorm` (default `True`).
+    - `dequantize`, `lmbda`: for integer levels `0 .. dequantize - 1`, start with
+      `UniformDequantization(scale=dequantize)` and `Logit(lmbda)` (the log-likelihood is
+      then that of the discrete data, a lower bound).
+
+    **Returns:** an un-initialised `Sequential`; call `nux_eqx.init` on a batch.
+    """
+    n_layers = _check_layers("RealNVP", n_layers)
+    _check_permutation("RealNVP", permutation)
+    if mask not in ("half", "checkerboard"):
+        raise ValueError(f"RealNVP: mask must be 'half' or 'checkerboard', got {mask!r}.")
+    layers: list[AbstractFlow] = []
+    for i in range(n_layers):
+        if actnorm:
+            layers.append(ActNorm())
+        if mask == "checkerboard":
+            layers.append(Coupling(kind=kind, n_channels=n_channels, mask="checkerboard", parity=i % 2))
+        else:
+            layers.append(Coupling(kind=kind, hidden_layer_sizes=hidden_layer_sizes, n_channels=n_channels))
+            layers.append(_mixer(permutation, i))
+    return _finish(layers, dequantize, lmbda)
+
+
+@_builder
+def MaskedAutoregressiveFlow(
+    n_layers: int = 5,
+    hidden_layer_sizes: Sequence[int] = (128, 128),
+    *,
+    actnorm: bool = True,
+    seed: int = 0,
+) -> Sequential:
+    """A masked autoregressive flow (Papamakarios et al. 2017) for vectors.
+
+    `n_layers` layers of `ActNorm -> MAF(ordering="random", seed=seed + i)` (each layer a
+    different fixed random ordering), then a standard normal prior. Density evaluation is
+    one MADE pass per layer; sampling is sequential (`dim` passes per layer).
+
+    **Arguments:**
+
+    - `n_layers`: the number of MAF layers.
+    - `hidden_layer_sizes`: the MADE widths (at least `dim - 1` wide for full
+      autoregressive connectivity).
+    - `actnorm`: data-initialised `ActNorm` before each layer (default `True`).
+    - `seed`: the seed of the first layer's ordering.
+
+    **Returns:** an un-initialised `Sequential`.
+    """
+    from ..bijective import MAF
+
+    n_layers = _check_layers("MaskedAutoregressiveFlow", n_layers)
+    layers: list[AbstractFlow] = []
+    for i in range(n_layers):
+        if actnorm:
+            layers.append(ActNorm())
+        layers.append(MAF(hidden_layer_sizes, ordering="random", seed=seed + i))
+    return _finish(layers, None, 0.0)
+
+
+@_builder
+def NeuralSplineFlow(
+    n_layers: int = 8,
+    hidden_layer_sizes: Sequence[int] = (128, 128),
+    *,
+    K: int = 8,
+    B: float = 4.0,
+    n_channels: int = 64,
+    permutation: Literal["random", "reverse"] = "random",
+    actnorm: bool = True,
+    dequantize: float | None = None,
+    lmbda: float = 0.05,
+) -> Sequential:
+    """A coupling neural spline flow (RQ-NSF (C), Durkan et al. 2019).
+
+    `n_layers` layers of `ActNorm -> NeuralSpline(K, B) -> permutation`, then a standard
+    normal prior. The splines act on `[-B, B]` with identity tails, so data should be
+    standardised (the data-initialised `ActNorm` does this for the first batch).
+
+    **Arguments:**
+
+    - `n_layers`: the number of spline couplings.
+    - `hidden_layer_sizes`: the widths of each coupling's MLP (vectors).
+    - `K`: bins per spline; `B`: the spline interval's half-width.
+    - `n_channels`: the ConvNet width (images).
+    - `permutation`: `"random"` ([`nux_eqx.Permute`][], default) or `"reverse"`.
+    - `actnorm`: data-initialised `ActNorm` before each coupling (default `True`).
+    - `dequantize`, `lmbda`: as for [`RealNVP`][].
+
+    **Returns:** an un-initialised `Sequential`.
+    """
+    from ..bijective import NeuralSpline
+
+    n_layers = _check_layers("NeuralSplineFlow", n_layers)
+    _check_permutation("NeuralSplineFlow", permutation)
+    layers: list[AbstractFlow] = []
+    for i in range(n_layers):
+        if actnorm:
+            layers.append(ActNorm())
+        layers.append(NeuralSpline(K=K, B=B, hidden_layer_sizes=hidden_layer_sizes, n_channels=n_channels))
+        layers.append(_mixer(permutation, i))
+    return _finish(layers, dequantize, lmbda)

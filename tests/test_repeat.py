@@ -1,0 +1,238 @@
+"""`Repeat(block, n)`: the scan-over-layers container."""
+
+import copy
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import nux_eqx as nux
+from nux_eqx.testing import scramble
+
+SMALL = dict(hidden_layer_sizes=(8,))
+
+
+def vector_block():
+    return nux.Sequential(nux.ActNorm(), nux.Coupling(**SMALL), nux.Reverse())
+
+
+def image_block():
+    return nux.Sequential(
+        nux.ActNorm(),
+        nux.OneByOneConv(),
+        nux.Coupling(n_channels=8, mask="checkerboard", parity=0),
+        nux.Coupling(n_channels=8, mask="checkerboard", parity=1),
+    )
+
+
+def _pair(block, n, x, scale=0.3, **kw):
+    """An initialised, scrambled Repeat and the unrolled Sequential of its n blocks."""
+    rep = nux.init(nux.Repeat(block, n, **kw), x, key=jr.key(1))
+    seq = nux.init(nux.Sequential(*[block] * n), x, key=jr.key(1))
+    # init unrolls the blocks with Sequential's keys: the same parameters.
+    for a, b in zip(rep.blocks(), seq.layers):
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_array_equal(u, v)
+    rep = scramble(rep, jr.key(2), scale)
+    seq = eqx.tree_at(lambda s: s.layers, seq, rep.blocks())
+    return rep, seq
+
+
+@pytest.mark.parametrize(
+    ("make", "shape", "n"),
+    [(vector_block, (5,), 4), (image_block, (4, 4, 2), 3)],
+    ids=["vector", "image"],
+)
+def test_repeat_equals_unrolled_sequential(make, shape, n):
+    x = jr.normal(jr.key(0), (8, *shape))
+    # scramble by 0.1 (check_flow's scale): larger scrambles give |z| ~ 100 and float32
+    # round-off of that size in both containers.
+    rep, seq = _pair(make(), n, x, scale=0.1)
+    z_r, c_r = jax.vmap(rep)(x)
+    z_s, c_s = jax.vmap(seq)(x)
+    np.testing.assert_allclose(z_r, z_s, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c_r, c_s, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(z_r, x)  # the blocks do something
+    x_r, cr_r = jax.vmap(lambda v: rep(v, reverse=True))(z_r)
+    x_s, cr_s = jax.vmap(lambda v: seq(v, reverse=True))(z_r)
+    np.testing.assert_allclose(x_r, x_s, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cr_r, cr_s, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(x_r, x, rtol=1e-4, atol=1e-4)
+
+
+def test_reverse_runs_blocks_in_reverse_order():
+    """Non-commuting blocks: running the reverse scan forwards would not invert."""
+    x = jr.normal(jr.key(0), (8, 5))
+    rep, _ = _pair(vector_block(), 3, x)
+    z, _ = jax.vmap(rep)(x)
+    wrong = z
+    for b in rep.blocks():  # the inverse blocks, in the wrong (forward) order
+        wrong = jax.vmap(lambda v, b=b: b(v, reverse=True)[0])(wrong)
+    assert not np.allclose(wrong, x, atol=1e-3)
+    np.testing.assert_allclose(jax.vmap(lambda v: rep(v, reverse=True)[0])(z), x, rtol=1e-4, atol=1e-4)
+
+
+def test_keys_are_split_per_block_like_sequential():
+    x = jnp.floor(jr.uniform(jr.key(0), (8, 3)) * 5)
+    block = nux.Sequential(nux.UniformDequantization(scale=5.0), nux.Scale(0.2))
+    rep = nux.init(nux.Repeat(block, 3), x, key=jr.key(1))
+    seq = nux.init(nux.Sequential(*[block] * 3), x, key=jr.key(1))
+    keys = jr.split(jr.key(4), 8)
+    z_r, c_r = jax.vmap(lambda v, k: rep(v, key=k))(x, keys)
+    z_s, c_s = jax.vmap(lambda v, k: seq(v, key=k))(x, keys)
+    np.testing.assert_allclose(z_r, z_s, rtol=1e-6)
+    np.testing.assert_allclose(c_r, c_s, rtol=1e-6)
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        rep(x[0])
+
+
+@pytest.mark.parametrize("unroll", [2, True])
+def test_unroll_gives_the_same_result(unroll):
+    x = jr.normal(jr.key(0), (8, 5))
+    rep, seq = _pair(vector_block(), 3, x, unroll=unroll)
+    np.testing.assert_allclose(jax.vmap(rep)(x)[1], jax.vmap(seq)(x)[1], rtol=1e-5, atol=1e-5)
+
+
+def test_data_dependent_init_sees_previous_block_output():
+    x = 3.0 + 2.0 * jr.normal(jr.key(0), (64, 4))
+    rep = nux.init(nux.Repeat(nux.Sequential(nux.ActNorm(), nux.Scale(0.5)), 3), x, key=jr.key(1))
+    b = [blk.layers[0].b for blk in rep.blocks()]
+    # block 0 centres the data; later blocks see centred data
+    assert np.all(np.abs(np.asarray(b[0]) - 3.0) < 1.0)
+    assert np.all(np.abs(np.asarray(b[1])) < 1e-4)
+    assert rep.block.layers[0].b.shape == (3, 4)  # stacked
+
+
+def test_sample_through_repeat():
+    x = jr.normal(jr.key(0), (16, 5))
+    flow_r = nux.init(
+        nux.Sequential(nux.Repeat(vector_block(), 3), nux.UnitGaussianPrior()), x, key=jr.key(3)
+    )
+    flow_r = scramble(flow_r, jr.key(4), 0.3)
+    flow_s = nux.init(
+        nux.Sequential(nux.Sequential(*[vector_block()] * 3), nux.UnitGaussianPrior()), x, key=jr.key(3)
+    )
+    flow_s = eqx.tree_at(lambda f: f.layers[0].layers, flow_s, flow_r.layers[0].blocks())
+    keys = jr.split(jr.key(5), 6)
+    xs, lq = jax.vmap(lambda k: nux.sample(flow_r, k, temperature=0.7))(keys)
+    xs2, lq2 = jax.vmap(lambda k: nux.sample(flow_s, k, temperature=0.7))(keys)
+    assert xs.shape == (6, 5)
+    np.testing.assert_allclose(xs, xs2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lq, lq2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lq, jax.vmap(lambda v: nux.log_prob(flow_r, v))(xs), rtol=1e-4, atol=1e-4)
+
+
+def test_repeat_of_a_sampling_block_samples_like_sequential():
+    x = jr.normal(jr.key(0), (16, 4))
+    block = nux.Sequential(nux.Coupling(**SMALL), nux.Reverse(), nux.UnitGaussianPrior())
+    rep, seq = _pair(block, 2, x)
+    assert rep.can_sample()
+    assert not nux.Repeat(vector_block(), 2).can_sample()
+    keys = jr.split(jr.key(5), 4)
+    xs, lq = jax.vmap(lambda k: nux.sample(rep, k))(keys)
+    xs2, lq2 = jax.vmap(lambda k: nux.sample(seq, k))(keys)
+    np.testing.assert_allclose(xs, xs2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lq, lq2, rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="cannot start a sample"):
+        nux.sample(nux.init(nux.Repeat(vector_block(), 2), x, key=jr.key(0)), jr.key(0))
+
+
+def test_capture_and_children_see_unstacked_blocks():
+    x = jr.normal(jr.key(0), (8, 5))
+    rep, _ = _pair(vector_block(), 3, x)
+    names = [name for name, _ in rep.children()]
+    assert names == ["blocks[0]", "blocks[1]", "blocks[2]"]
+    for _, b in rep.children():
+        assert b.is_initialised and b.layers[0].b.shape == (5,)
+    z, c, rec = nux.capture(rep, x[0])
+    assert list(rec) == [f"blocks[{i}].layers[{j}]" for i in range(3) for j in range(3)]
+    np.testing.assert_allclose(rec["blocks[2].layers[2]"].z, z, rtol=1e-6)
+    np.testing.assert_allclose(sum(r.contribution for r in rec.values()), c, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c, rep(x[0])[1], rtol=1e-5, atol=1e-5)
+    # capture under jit and vmap (the blocks hold no leaked tracers)
+    zs, cs, recs = eqx.filter_jit(jax.vmap(lambda v: nux.capture(rep, v)))(x)
+    np.testing.assert_allclose(
+        recs["blocks[1].layers[1]"].x,
+        jax.vmap(lambda v: nux.capture(rep, v)[2]["blocks[1].layers[1]"].x)(x),
+        rtol=1e-5,
+    )
+    # before init the children are the template
+    template = vector_block()
+    assert all(b is template for _, b in nux.Repeat(template, 2).children())
+
+
+def test_plain_jit_grad_and_eval_shape_init(tmp_path):
+    x = jr.normal(jr.key(0), (8, 4, 4, 2))
+    rep = nux.init(nux.Repeat(image_block(), 2), x, key=jr.key(1))
+    params, static = nux.trainable(rep)
+
+    @jax.jit
+    def loss(p, v):
+        f = eqx.combine(p, static)
+        return -jnp.mean(jax.vmap(lambda u: f(u)[1] - 0.5 * jnp.sum(f(u)[0] ** 2))(v))
+
+    g = jax.grad(loss)(params, x)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(g))
+    skel = eqx.filter_eval_shape(nux.init, nux.Repeat(image_block(), 2), x, key=jr.key(1))
+    assert jax.tree.structure(skel) == jax.tree.structure(rep)
+    nux.save(tmp_path / "rep.eqx", rep)
+    loaded = nux.load(tmp_path / "rep.eqx", nux.Repeat(image_block(), 2))
+    np.testing.assert_array_equal(jax.vmap(loaded)(x)[0], jax.vmap(rep)(x)[0])
+
+
+def test_reinit_of_an_initialised_repeat():
+    x = jr.normal(jr.key(0), (8, 5))
+    rep = nux.init(nux.Repeat(vector_block(), 2), x, key=jr.key(1))
+    again = nux.init(rep, 2 * x, key=jr.key(1))
+    assert again.block.layers[0].b.shape == (2, 5)
+
+
+class _RandomStatic(nux.AbstractFlow):
+    """A test layer whose init sets a static field from a random draw."""
+
+    tag: int | None = eqx.field(static=True, default=None)
+    layer_kind: ClassVar[str] = "bijective"
+
+    def init(self, x_batch, *, key, cond=None):
+        new = copy.copy(self)
+        object.__setattr__(new, "tag", int(jr.randint(key, (), 0, 1_000_000)))
+        return new
+
+    def transform(self, x, reverse, *, key, cond):
+        return x, jnp.zeros((), x.dtype)
+
+
+def test_errors():
+    x = jr.normal(jr.key(0), (8, 4, 4, 2))
+    with pytest.raises(ValueError, match="positive int"):
+        nux.Repeat(vector_block(), 0)
+    with pytest.raises(TypeError, match="must be a flow"):
+        nux.Repeat(nux.ActNorm, 2)
+    with pytest.raises(ValueError, match="unroll"):
+        nux.Repeat(vector_block(), 2, unroll=0)
+    with pytest.raises(nux.ShapeError, match="preserves shape"):
+        nux.init(nux.Repeat(nux.Squeeze(), 2), x, key=jr.key(0))
+    with pytest.raises(ValueError, match="block 1 differs from block 0 in its static"):
+        nux.init(nux.Repeat(_RandomStatic(), 2), x, key=jr.key(0))
+    with pytest.raises(nux.NotInitialisedError, match="nux_eqx.init"):
+        nux.Repeat(vector_block(), 2)(x[0])
+
+
+def test_multiscale_glow_repeat_option():
+    x = jnp.floor(jr.uniform(jr.key(0), (16, 8, 8, 1)) * 17)
+    flow = nux.MultiscaleGlow(n_levels=2, n_blocks=3, n_channels=8, dequantize=17, repeat=True)
+    flow = nux.init(flow, x, key=jr.key(1))
+    reps = [
+        f
+        for f in jax.tree.leaves(flow, is_leaf=lambda v: isinstance(v, nux.Repeat))
+        if isinstance(f, nux.Repeat)
+    ]
+    assert len(reps) == 2 and all(r.n == 3 for r in reps)
+    lp = jax.vmap(lambda v, k: nux.log_prob(flow, v, key=k))(x, jr.split(jr.key(2), 16))
+    assert np.all(np.isfinite(lp))
+    xs, lq = jax.vmap(lambda k: nux.sample(flow, k))(jr.split(jr.key(3), 2))
+    assert xs.shape == (2, 8, 8, 1) and np.all(np.isfinite(lq))
