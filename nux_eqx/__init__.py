@@ -6,10 +6,13 @@ Every flow is an immutable `eqx.Module` acting on ONE example; batch with `jax.v
 import importlib.metadata
 
 from . import bijective as bijective
+from . import data as data
+from . import injective as injective
 from . import models as models
 from . import nn as nn
 from . import priors as priors
 from . import surjective as surjective
+from . import train as train
 from ._containers import (
     ChainRule as ChainRule,
 )
@@ -50,6 +53,9 @@ from ._flow import (
     capture as capture,
 )
 from ._flow import (
+    check_finite as check_finite,
+)
+from ._flow import (
     init as init,
 )
 from ._flow import (
@@ -61,11 +67,23 @@ from ._flow import (
 from ._flow import (
     trainable as trainable,
 )
+from ._repeat import Repeat as Repeat
 from ._serialise import CheckpointError as CheckpointError
 from ._serialise import load as load
 from ._serialise import save as save
+from .bijective import MAF as MAF
 from .bijective import (
     ActNorm as ActNorm,
+)
+from .bijective import Affine as Affine
+from .bijective import AffineDense as AffineDense
+from .bijective import AffineLDU as AffineLDU
+from .bijective import AffineSVD as AffineSVD
+from .bijective import CircularConv as CircularConv
+from .bijective import ConditionalMAF as ConditionalMAF
+from .bijective import ConditionalMaskedAutoregressiveSpline as ConditionalMaskedAutoregressiveSpline
+from .bijective import (
+    ConditionedCoupling as ConditionedCoupling,
 )
 from .bijective import (
     Coupling as Coupling,
@@ -73,21 +91,30 @@ from .bijective import (
 from .bijective import (
     Flatten as Flatten,
 )
+from .bijective import Householder as Householder
 from .bijective import (
     Identity as Identity,
 )
 from .bijective import (
     LeakyReLU as LeakyReLU,
 )
+from .bijective import LocalDense as LocalDense
 from .bijective import (
     Logit as Logit,
 )
+from .bijective import MaskedAutoregressiveSpline as MaskedAutoregressiveSpline
+from .bijective import NeuralSpline as NeuralSpline
 from .bijective import (
     OneByOneConv as OneByOneConv,
 )
 from .bijective import (
     OnebyOneConv as OnebyOneConv,
 )
+from .bijective import OneByOneConvLDU as OneByOneConvLDU
+from .bijective import OnebyOneConvLDU as OnebyOneConvLDU
+from .bijective import OneByOneConvLU as OneByOneConvLU
+from .bijective import Permute as Permute
+from .bijective import RationalQuadraticSpline as RationalQuadraticSpline
 from .bijective import (
     Reshape as Reshape,
 )
@@ -100,28 +127,58 @@ from .bijective import (
 from .bijective import (
     Sigmoid as Sigmoid,
 )
+from .bijective import SoftmaxPP as SoftmaxPP
+from .bijective import Softplus as Softplus
 from .bijective import (
     Squeeze as Squeeze,
 )
+from .bijective import Tanh as Tanh
 from .bijective import (
     Transpose as Transpose,
 )
 from .bijective import (
     UnSqueeze as UnSqueeze,
 )
+from .bijective import rational_quadratic_spline as rational_quadratic_spline
+from .bijective import spline_knots as spline_knots
+from .injective import AbstractNoisyInjective as AbstractNoisyInjective
+from .injective import CouplingTallAffineDiagCov as CouplingTallAffineDiagCov
+from .injective import CouplingUpSample as CouplingUpSample
+from .injective import ImportanceWeighted as ImportanceWeighted
+from .injective import IWEstimates as IWEstimates
+from .injective import NIFTerms as NIFTerms
+from .injective import TallAffineDiagCov as TallAffineDiagCov
+from .injective import UpSample as UpSample
+from .injective import importance_weighted as importance_weighted
 from .models import GlowBlock as GlowBlock
+from .models import MaskedAutoregressiveFlow as MaskedAutoregressiveFlow
 from .models import MultiscaleGlow as MultiscaleGlow
+from .models import NeuralSplineFlow as NeuralSplineFlow
+from .models import RealNVP as RealNVP
 from .models import multi_scale as multi_scale
 from .priors import (
     AffineGaussianPriorDiagCov as AffineGaussianPriorDiagCov,
 )
+from .priors import AffineGaussianPriorFullCov as AffineGaussianPriorFullCov
 from .priors import (
     ConditionalGaussianPrior as ConditionalGaussianPrior,
 )
+from .priors import DiagGaussianPrior as DiagGaussianPrior
+from .priors import GMMPrior as GMMPrior
+from .priors import LogisticPrior as LogisticPrior
+from .priors import MixtureGaussianPrior as MixtureGaussianPrior
+from .priors import StudentTPrior as StudentTPrior
+from .priors import UniformDirichletPrior as UniformDirichletPrior
 from .priors import (
     UnitGaussianPrior as UnitGaussianPrior,
 )
+from .surjective import Abs as Abs
+from .surjective import MaxPool as MaxPool
+from .surjective import Padding as Padding
+from .surjective import Slice as Slice
+from .surjective import Sort as Sort
 from .surjective import UniformDequantization as UniformDequantization
+from .surjective import VariationalDequantization as VariationalDequantization
 
 try:
     __version__ = importlib.metadata.version("nux_eqx")

@@ -91,6 +91,36 @@ class _Record:
     contribution: Any
 
 
+_CHECK_FINITE: contextvars.ContextVar[bool] = contextvars.ContextVar("nux_eqx_check_finite", default=False)
+
+
+@contextlib.contextmanager
+def check_finite(enabled: bool = True) -> Iterator[None]:
+    """Raise, inside `jit` too, when a layer receives or produces NaN or inf.
+
+    Within this context every layer call checks its input, its output and its
+    contribution with `eqx.error_if`, and the error names the first layer where a
+    non-finite value appeared. The setting is read when a function is traced: enter the
+    context around the first call of a jitted step (or around the code that traces it).
+    It costs a reduction per layer, so it is off by default; turn it on to find the layer
+    behind a NaN loss.
+
+    ```python
+    with nux_eqx.check_finite():
+        z, log_px = jax.vmap(flow)(x)
+    ```
+    """
+    token = _CHECK_FINITE.set(enabled)
+    try:
+        yield
+    finally:
+        _CHECK_FINITE.reset(token)
+
+
+def _finite_or_raise(a: Array, message: str) -> Array:
+    return eqx.error_if(a, ~jnp.all(jnp.isfinite(a)), message)
+
+
 _RECORDER: contextvars.ContextVar[list[_Record] | None] = contextvars.ContextVar(
     "nux_eqx_recorder", default=None
 )
@@ -325,8 +355,16 @@ class AbstractFlow(eqx.Module):
             )
         if cond is None and type(self).needs_cond:
             raise ValueError(f"{type(self).__name__} is conditional and needs `cond=`; it got none.")
+        checking = _CHECK_FINITE.get()
+        if checking:
+            x = _finite_or_raise(x, f"{type(self).__name__} received NaN or inf in its input ({'reverse' if reverse else 'forward'}).")
         z, contribution = _typed_transform(type(self))(self, x, reverse, key=key, cond=cond)
         contribution = jnp.asarray(contribution)
+        if checking and not self.children():
+            z = _finite_or_raise(z, f"{type(self).__name__} produced NaN or inf from a finite input ({'reverse' if reverse else 'forward'}).")
+            contribution = _finite_or_raise(
+                contribution, f"{type(self).__name__} produced a NaN or inf contribution ({'reverse' if reverse else 'forward'})."
+            )
         if contribution.shape != ():
             raise ShapeError(
                 f"{type(self).__name__}.transform must return a scalar contribution, "

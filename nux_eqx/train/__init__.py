@@ -1,0 +1,14 @@
+"""Training: compiled steps for any optax optimizer, `fit`, losses and checkpoints."""
+
+from ._checkpoint import load_checkpoint as load_checkpoint
+from ._checkpoint import read_checkpoint_info as read_checkpoint_info
+from ._checkpoint import save_checkpoint as save_checkpoint
+from ._fit import fit as fit
+from ._losses import batch_log_prob as batch_log_prob
+from ._losses import bits_per_dim as bits_per_dim
+from ._losses import importance_weighted_nll as importance_weighted_nll
+from ._losses import nll as nll
+from ._losses import reverse_kl as reverse_kl
+from ._losses import reverse_kl_loss as reverse_kl_loss
+from ._step import TrainStep as TrainStep
+from ._step import make_step as make_step

@@ -1,0 +1,544 @@
+"""`fit`: train a flow by maximum likelihood, with validation, early stopping and checkpoints."""
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+from jaxtyping import PRNGKeyArray, PyTree
+
+from .._flow import AbstractFlow, ShapeError, init, trainable
+from .._serialise import CheckpointError, save
+from ._checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from ._losses import nll
+from ._step import scan_updates, update
+
+CHECKPOINT = "checkpoint.eqx"
+FINAL = "flow.eqx"
+
+
+# --------------------------------------------------------------------------------------
+# Input checks.
+# --------------------------------------------------------------------------------------
+
+
+def _as_data(name: str, x: Any) -> np.ndarray:
+    if isinstance(x, jax.Array):
+        x = np.asarray(x)
+    x = np.asarray(x)
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise TypeError(f"fit: `{name}` must be a numeric array, got dtype {x.dtype}.")
+    if np.issubdtype(x.dtype, np.complexfloating):
+        raise TypeError(f"fit: `{name}` must be real, got dtype {x.dtype}.")
+    if x.ndim < 2:
+        raise ShapeError(
+            f"fit: `{name}` needs a leading example axis, shape (n, ...), got shape {x.shape}; "
+            "for 1-D data use `x[:, None]`."
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"fit: `{name}` holds no examples (shape {x.shape}).")
+    dtype = jnp.dtype(jnp.result_type(float))  # float32 unless x64 is enabled
+    if np.issubdtype(x.dtype, np.floating):
+        bad = ~np.isfinite(x)
+        if bad.any():
+            first = int(np.argwhere(bad.reshape(len(x), -1).any(1))[0, 0])
+            raise ValueError(
+                f"fit: `{name}` holds {int(bad.sum())} non-finite values (NaN or inf), the first in "
+                f"example {first}; remove or impute them before training."
+            )
+    return x.astype(dtype)
+
+
+def _as_cond(name: str, cond: PyTree, n: int) -> PyTree:
+    if cond is None:
+        return None
+
+    def conv(leaf):
+        a = np.asarray(leaf)
+        if a.ndim < 1 or a.shape[0] != n:
+            raise ShapeError(
+                f"fit: every leaf of `{name}` needs the data's leading example axis ({n}); got a leaf of "
+                f"shape {a.shape}."
+            )
+        if np.issubdtype(a.dtype, np.floating):
+            if not np.isfinite(a).all():
+                raise ValueError(f"fit: `{name}` holds non-finite values (NaN or inf).")
+            a = a.astype(jnp.dtype(jnp.result_type(float)))
+        return a
+
+    return jax.tree.map(conv, cond)
+
+
+def _take(cond: PyTree, idx: np.ndarray) -> PyTree:
+    return None if cond is None else jax.tree.map(lambda a: a[idx], cond)
+
+
+def _copy(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda a: jnp.copy(a) if eqx.is_array(a) else a, tree)
+
+
+# --------------------------------------------------------------------------------------
+# The batch order: a seeded permutation per epoch, a function of the step alone (so a
+# resumed run sees the same batches as an uninterrupted one).
+# --------------------------------------------------------------------------------------
+
+
+class _Order:
+    def __init__(self, seed_words: list[int], n: int, batch_size: int):
+        self.seed, self.n, self.b = seed_words, n, batch_size
+        self.per_epoch = n // batch_size  # the last partial batch is dropped
+        self._epoch, self._perm = -1, None
+
+    def indices(self, step: int) -> np.ndarray:
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._perm = np.random.default_rng([*self.seed, epoch]).permutation(self.n)
+        return self._perm[i * self.b : (i + 1) * self.b].astype(np.int32)
+
+
+def _seed_words(key: PRNGKeyArray) -> list[int]:
+    return [int(v) for v in np.asarray(jax.random.key_data(key)).reshape(-1)]
+
+
+# --------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------
+
+
+def _make_optimizer(optimizer, clip_norm, warmup_steps):
+    opt = optax.adam(1e-3) if optimizer is None else optimizer
+    parts = []
+    if clip_norm is not None:
+        if not clip_norm > 0:
+            raise ValueError(f"fit: clip_norm must be > 0, got {clip_norm}.")
+        parts.append(optax.clip_by_global_norm(float(clip_norm)))
+    parts.append(opt)
+    if warmup_steps:
+        w = int(warmup_steps)
+        if w < 0:
+            raise ValueError(f"fit: warmup_steps must be >= 0, got {warmup_steps}.")
+        # Scales the updates linearly from 1/w to 1 over the first w steps: for Adam-like
+        # optimizers this is a linear learning-rate warm-up.
+        parts.append(optax.scale_by_schedule(lambda t: jnp.minimum(1.0, (t + 1.0) / w)))
+    return optax.chain(*parts) if len(parts) > 1 else parts[0]
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - depends on the environment
+        warnings.warn(
+            "fit: progress=True needs tqdm (`pip install tqdm`); training without a bar.", stacklevel=3
+        )
+        return None
+    return tqdm(total=total, initial=initial, desc="fit", dynamic_ncols=True, unit="step")
+
+
+def fit(
+    flow: AbstractFlow,
+    data: Any,
+    *,
+    key: PRNGKeyArray,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int = 64,
+    optimizer: optax.GradientTransformation | None = None,
+    loss: Callable = nll,
+    cond: PyTree = None,
+    valid: Any = None,
+    valid_cond: PyTree = None,
+    eval_every: int = 250,
+    eval_batch_size: int = 1024,
+    patience: int | None = None,
+    clip_norm: float | None = None,
+    warmup_steps: int = 0,
+    progress: bool = True,
+    log_every: int = 50,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1000,
+    resume: bool = False,
+    init_batches: int = 1,
+    steps_per_dispatch: int = 1,
+    max_seconds: float | None = None,
+) -> tuple[AbstractFlow, dict]:
+    """Train a flow by minimising `loss` (the NLL by default) with an optax optimizer.
+
+    The training data live on the device; each step gathers a batch there (shuffled
+    epochs, last partial batch dropped, a seeded order that depends on the step alone), and
+    step `s` uses the key `fold_in(train_key, s)`. So a run resumed from a checkpoint
+    reproduces the uninterrupted run exactly.
+
+    **Arguments:**
+
+    - `flow`: an un-initialised flow (it is initialised on `init_batches` batches, so
+      data-dependent layers such as `ActNorm` see `init_batches * batch_size` examples),
+      or an initialised one (used as it is).
+    - `data`: the training examples, an array `(n, ...)`, or a
+      [`nux_eqx.data.Split`][] (its `train`; its `valid` too when `valid` is not given).
+    - `key`: a PRNG key (init, step keys, batch order and validation noise derive from it).
+    - `steps` / `epochs`: how long to train (give exactly one, or neither with
+      `max_seconds`).
+    - `batch_size`: examples per step.
+    - `optimizer`: any optax transformation (default `optax.adam(1e-3)`).
+    - `loss`: `loss(flow, x, *, key, cond) -> scalar`, default [`nll`][].
+    - `cond`: batched conditioning aligned with `data` (leading axis `n` on every leaf).
+    - `valid`, `valid_cond`: validation examples (and conditioning). With them, the loss
+      on `valid` is computed every `eval_every` steps (with a fixed key) and the flow with
+      the best validation loss is returned.
+    - `eval_every`: steps between validations.
+    - `eval_batch_size`: examples per validation chunk.
+    - `patience`: stop after this many validations without improvement (early stopping);
+      `None` never stops early.
+    - `clip_norm`: clip gradients to this global norm.
+    - `warmup_steps`: scale the updates linearly up to 1 over these steps.
+    - `progress`: show a tqdm bar with the loss and bits/dim (`loss / (D ln 2)`).
+    - `log_every`: steps between reads of the loss (each read waits for the device).
+    - `checkpoint_dir`: write `checkpoint.eqx` there every `checkpoint_every` steps and at
+      the end (atomically), and the returned flow as `flow.eqx` (load it with
+      `nux_eqx.load(path, Model())`).
+    - `resume`: continue from `checkpoint_dir/checkpoint.eqx` when it exists (with the
+      checkpoint's key, so the run continues exactly as if never interrupted; a run that
+      stopped at step `s` continues to `steps`). A corrupt or mismatched checkpoint raises
+      a clear error and is left untouched.
+    - `init_batches`: the number of batches the data-dependent init sees (their
+      concatenation, so ActNorm takes the statistics of all of them, as NuX's averaged
+      init batches).
+    - `steps_per_dispatch`: run this many steps per device call in a `lax.scan`. On
+      XLA:CPU this speeds up small MLP flows and can slow convolutional flows several
+      times; the default 1 is a Python loop of compiled steps.
+    - `max_seconds`: stop after this much training wall time (counting the time of the
+      run being resumed), with a last validation; `stop_reason` is then `"time_limit"`.
+
+    Ctrl-C (`KeyboardInterrupt`) writes a checkpoint of the last completed step before
+    it propagates, so `resume=True` continues the run.
+
+    **Returns:** `(trained_flow, history)`. `history` is a JSON-serialisable dict:
+    `train_loss` (one value per step), `valid_step` / `valid_loss`, `best_step`,
+    `best_valid_loss`, `steps`, `stop_reason` (`"completed"`, `"early_stopping"`,
+    `"non_finite"`, `"time_limit"`), `wall_time`, `bits_per_dim_factor` (`1 / (D ln 2)`).
+
+    A non-finite loss or gradient stops training with a warning; the flow returned is the
+    one after the last finite step (updates with a non-finite loss are never applied).
+    """
+    # ---- data and settings ----------------------------------------------------------
+    if hasattr(data, "train") and hasattr(data, "valid") and not isinstance(data, np.ndarray):
+        if valid is None and len(data.valid) > 0:
+            valid = data.valid
+        data = data.train
+    x = _as_data("data", data)
+    n, shape = x.shape[0], tuple(x.shape[1:])
+    cond = _as_cond("cond", cond, n)
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}.")
+    if batch_size > n:
+        raise ValueError(
+            f"fit: batch_size ({batch_size}) is larger than the data ({n} examples); use a batch_size "
+            f"of at most {n}."
+        )
+    if steps is not None and epochs is not None or (steps is None and epochs is None and max_seconds is None):
+        raise ValueError("fit: give exactly one of `steps` and `epochs` (or only `max_seconds`).")
+    per_epoch = n // batch_size
+    if steps is None and epochs is None:
+        total = 2**62  # until max_seconds
+    else:
+        total = int(steps) if steps is not None else int(epochs) * per_epoch
+    if total < 0:
+        raise ValueError(f"fit: steps / epochs must be >= 0, got {steps if steps is not None else epochs}.")
+    kd = int(steps_per_dispatch)
+    if kd < 1:
+        raise ValueError(f"fit: steps_per_dispatch must be >= 1, got {steps_per_dispatch}.")
+    if eval_every < 1 or checkpoint_every < 1 or log_every < 1:
+        raise ValueError("fit: eval_every, checkpoint_every and log_every must be >= 1.")
+    if patience is not None and patience < 1:
+        raise ValueError(f"fit: patience must be >= 1 or None, got {patience}.")
+    if valid is not None:
+        xv = _as_data("valid", valid)
+        if tuple(xv.shape[1:]) != shape:
+            raise ShapeError(
+                f"fit: validation examples have shape {tuple(xv.shape[1:])}, training examples {shape}."
+            )
+        valid_cond = _as_cond("valid_cond", valid_cond, xv.shape[0])
+        if (valid_cond is None) != (cond is None):
+            raise ValueError("fit: give `valid_cond` exactly when the training data has a `cond`.")
+    else:
+        xv = None
+    dims = math.prod(shape)
+    bpd_factor = 1.0 / (dims * math.log(2.0))
+
+    k_init, k_train, k_valid, k_order = jr.split(key, 4)
+    order = _Order(_seed_words(k_order), n, batch_size)
+
+    # ---- init -----------------------------------------------------------------------
+    if not isinstance(flow, AbstractFlow):
+        raise TypeError(f"fit: `flow` must be a nux_eqx flow, got {type(flow).__name__}.")
+    if flow.is_initialised:
+        if tuple(flow.in_shape) != shape:
+            raise ShapeError(
+                f"fit: the flow was initialised for examples of shape {tuple(flow.in_shape)}, but the "
+                f"data has examples of shape {shape}."
+            )
+        flow = _copy(flow)  # training donates its buffers: leave the caller's flow intact
+    else:
+        m = min(n, max(1, int(init_batches)) * batch_size)
+        idx = np.random.default_rng([*_seed_words(k_init), 1]).permutation(n)[:m]
+        try:
+            flow = init(flow, jnp.asarray(x[idx]), key=k_init, cond=_take(cond, idx))
+        except ShapeError as e:
+            raise ShapeError(f"fit: the flow cannot take examples of shape {shape}: {e}") from e
+    opt = _make_optimizer(optimizer, clip_norm, warmup_steps)
+    opt_state = opt.init(trainable(flow)[0])
+
+    config = {
+        "n": n,
+        "shape": list(shape),
+        "batch_size": batch_size,
+        "steps_per_dispatch": kd,
+        "valid": xv is not None,
+    }
+    history: dict[str, Any] = {
+        "train_loss": [],
+        "valid_step": [],
+        "valid_loss": [],
+        "best_step": None,
+        "best_valid_loss": None,
+        "steps": 0,
+        "stop_reason": None,
+        "wall_time": 0.0,
+        "bits_per_dim_factor": bpd_factor,
+    }
+    best = None
+    step = 0
+
+    # ---- resume ---------------------------------------------------------------------
+    ckpt = None if checkpoint_dir is None else os.path.join(os.fspath(checkpoint_dir), CHECKPOINT)
+    if resume and checkpoint_dir is None:
+        raise ValueError("fit: resume=True needs a checkpoint_dir.")
+    if resume and os.path.exists(ckpt):
+        try:
+            info = read_checkpoint_info(ckpt)
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"fit: cannot resume: {e} The file was left as it is; move it away or pass resume=False "
+                "to start over."
+            ) from e
+        for name, value in config.items():
+            if info.get("config", {}).get(name) != value:
+                raise ValueError(
+                    f"fit: cannot resume from {ckpt}: it was written with {name}={info['config'].get(name)!r}, "
+                    f"this run has {name}={value!r}. Use the same data and settings, or pass resume=False to "
+                    "start over."
+                )
+        try:
+            state = load_checkpoint(ckpt, flow=flow, opt_state=opt_state, key=key)
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"fit: cannot resume: {e} The file was left as it is; move it away or pass resume=False "
+                "to start over."
+            ) from e
+        flow, opt_state, best, step = state["flow"], state["opt_state"], state["best"], state["step"]
+        # continue with the run's own key (the batch order and step keys derive from it)
+        key = state["key"]
+        k_init, k_train, k_valid, k_order = jr.split(key, 4)
+        order = _Order(_seed_words(k_order), n, batch_size)
+        history.update(state["history"])
+        history["stop_reason"] = None
+
+    # ---- compiled functions ---------------------------------------------------------
+    def run_one(consts, flow, opt_state, ok):
+        xd, cd, idx, step_no, base = consts
+        xb, cb = xd[idx], _take(cd, idx)
+        flow, opt_state, value, ok = update(
+            flow, opt_state, xb, jr.fold_in(base, step_no), cb, ok, optimizer=opt, loss=loss
+        )
+        return flow, opt_state, ok, value[None]
+
+    def run_many(consts, flow, opt_state, ok):
+        xd, cd, idx, step_no, base = consts  # idx: (k, batch)
+        xs, cs = xd[idx], _take(cd, idx)
+        keys = jax.vmap(lambda i: jr.fold_in(base, step_no + i))(jnp.arange(idx.shape[0]))
+        flow, opt_state, values, ok = scan_updates(
+            flow, opt_state, xs, keys, cs, ok, optimizer=opt, loss=loss
+        )
+        return flow, opt_state, ok, values
+
+    one = eqx.filter_jit(run_one, donate="all-except-first")
+    many = eqx.filter_jit(run_many, donate="all-except-first")
+
+    @eqx.filter_jit
+    def eval_chunks(flow, xs, cs, base):
+        def f(inp):
+            xb, cb, i = inp
+            return loss(flow, xb, key=jr.fold_in(base, i), cond=cb)
+
+        return jax.lax.map(f, (xs, cs, jnp.arange(xs.shape[0])))
+
+    @eqx.filter_jit
+    def eval_rest(flow, xb, cb, base, i):
+        return loss(flow, xb, key=jr.fold_in(base, i), cond=cb)
+
+    valid_parts: list = []  # device copies of the validation chunks, made once
+
+    def validate(flow) -> float:
+        nv = xv.shape[0]
+        c = min(int(eval_batch_size), nv)
+        m = nv // c
+        if not valid_parts:
+
+            def chunks(a):
+                return jnp.asarray(a[: m * c].reshape(m, c, *a.shape[1:])) if m else None
+
+            def rest(a):
+                return jnp.asarray(a[m * c :]) if nv - m * c else None
+
+            cc = None if valid_cond is None else jax.tree.map(chunks, valid_cond)
+            cr = None if valid_cond is None else jax.tree.map(rest, valid_cond)
+            valid_parts.extend([chunks(xv), cc, rest(xv), cr])
+        xs, cs, xr, cr = valid_parts
+        total_loss = 0.0
+        if m:
+            total_loss += float(jnp.sum(eval_chunks(flow, xs, cs, k_valid))) * c
+        if nv - m * c:
+            total_loss += float(eval_rest(flow, xr, cr, k_valid, np.asarray(m, np.int32))) * (nv - m * c)
+        return total_loss / nv
+
+    # ---- the loop -------------------------------------------------------------------
+    xd = jnp.asarray(x)
+    cd = None if cond is None else jax.tree.map(jnp.asarray, cond)
+    ok = jnp.asarray(True)
+    pending: list = []
+    bar = _progress(None if total == 2**62 else total, min(step, total), progress)
+    t0 = time.perf_counter() - float(history.get("wall_time") or 0.0)
+    last_valid = history["valid_loss"][-1] if history["valid_loss"] else None
+    evals_since_best = 0
+    if history["best_step"] is not None:
+        evals_since_best = sum(s > history["best_step"] for s in history["valid_step"])
+    stop = None
+
+    def sync() -> int | None:
+        """Fetch the pending losses; return the index (step number) of the first
+        non-finite loss, if any."""
+        nonlocal pending
+        if not pending:
+            return None
+        vals = np.concatenate([np.asarray(v) for v in jax.device_get(pending)])
+        pending = []
+        start = len(history["train_loss"])
+        bad = np.nonzero(~np.isfinite(vals))[0]
+        if len(bad):
+            good = vals[: bad[0]]
+            history["train_loss"].extend(float(v) for v in good)
+            return start + int(bad[0])
+        history["train_loss"].extend(float(v) for v in vals)
+        if bar is not None:
+            bar.update(len(vals))
+            window = history["train_loss"][-min(len(vals), log_every) :]
+            lv = float(np.mean(window))
+            post = {"loss": f"{lv:.4g}", "bits/dim": f"{lv * bpd_factor:.4g}"}
+            if last_valid is not None:
+                post["valid"] = f"{last_valid:.4g}"
+            bar.set_postfix(post, refresh=False)
+        return None
+
+    def checkpoint(final: bool):
+        if ckpt is None:
+            return
+        history["steps"] = step
+        history["wall_time"] = time.perf_counter() - t0
+        save_checkpoint(
+            ckpt,
+            flow=flow,
+            opt_state=opt_state,
+            key=key,
+            step=step,
+            history=history,
+            best=best,
+            config=config,
+        )
+        if final:
+            save(os.path.join(os.fspath(checkpoint_dir), FINAL), best if best is not None else flow)
+
+    try:
+        while step < total:
+            k = kd if total - step >= kd else 1
+            if k == 1:
+                idx = order.indices(step)
+                flow, opt_state, ok, values = one(
+                    (xd, cd, idx, np.asarray(step, np.int32), k_train), flow, opt_state, ok
+                )
+            else:
+                idx = np.stack([order.indices(step + i) for i in range(k)])
+                flow, opt_state, ok, values = many(
+                    (xd, cd, idx, np.asarray(step, np.int32), k_train), flow, opt_state, ok
+                )
+            pending.append(values)
+            prev, step = step, step + k
+
+            def crossed(every: int, prev: int = prev, now: int = step) -> bool:
+                return prev // every != now // every
+
+            last = step >= total or (max_seconds is not None and time.perf_counter() - t0 >= max_seconds)
+            do_eval = xv is not None and (crossed(eval_every) or last)
+            do_ckpt = ckpt is not None and crossed(checkpoint_every)
+            if crossed(log_every) or do_eval or do_ckpt or last:
+                bad = sync()
+                if bad is not None:
+                    step = bad  # the state is the one after the last finite step
+                    stop = "non_finite"
+                    warnings.warn(
+                        f"fit: the loss became non-finite at step {bad + 1}; training stopped and the flow "
+                        f"after step {bad} (the last finite loss) is returned. Try a lower learning rate, "
+                        "`clip_norm=`, `warmup_steps=`, or check the data and the flow's numerics.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    break
+            if do_eval:
+                last_valid = validate(flow)
+                history["valid_step"].append(step)
+                history["valid_loss"].append(last_valid)
+                if history["best_valid_loss"] is None or last_valid < history["best_valid_loss"]:
+                    history["best_valid_loss"], history["best_step"] = last_valid, step
+                    best = _copy(flow)
+                    evals_since_best = 0
+                else:
+                    evals_since_best += 1
+                if patience is not None and evals_since_best >= patience:
+                    stop = "early_stopping"
+            if do_ckpt and stop is None:
+                checkpoint(final=False)
+            if stop is None and last and step < total:
+                stop = "time_limit"
+            if stop is not None:
+                break
+    except KeyboardInterrupt:
+        # Keep the user's work: checkpoint the last completed step, then stop.
+        try:
+            if sync() is None:
+                checkpoint(final=False)
+        except Exception as e:  # interrupted inside a dispatch: its donated inputs are gone
+            warnings.warn(
+                f"fit: interrupted mid-step; the previous checkpoint is kept ({e!r}).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    history["stop_reason"] = stop or "completed"
+    history["steps"] = step
+    history["wall_time"] = time.perf_counter() - t0
+    checkpoint(final=True)
+    return (best if best is not None else flow), history
