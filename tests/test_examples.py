@@ -7,8 +7,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-import nux_eqx as nux
-
 EXAMPLES = pathlib.Path(__file__).parents[1] / "examples"
 
 
