@@ -91,3 +91,31 @@ def test_train_eval_sample_resume(tmp_path, capsys):
     assert "nll" in capsys.readouterr().out
     assert run("sample", out, "-n", "16", "--temperature", "0.5") == 0
     assert os.path.exists(os.path.join(out, "samples-t0.5.png"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = str(tmp_path / "run")
+    cmd = [sys.executable, "-m", "nux_eqx.cli", "train", "--data", "8gaussians", "--model", "realnvp",
+           "--steps", "1000000", "--checkpoint-every", "1000000", "--quiet", "--out", out]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "training" in proc.stdout.readline()
+    time.sleep(40)  # past compilation, inside the training loop
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    ckpt = os.path.join(out, "checkpoints", "checkpoint.eqx")
+    assert os.path.exists(ckpt)
+    from nux_eqx.train import read_checkpoint_info
+
+    done = read_checkpoint_info(ckpt)["step"]
+    assert done > 0
+    assert cli.main(["train", "--data", "8gaussians", "--model", "realnvp", "--steps", str(done + 3),
+                     "--quiet", "--out", out, "--resume"]) == 0
+    assert json.loads(open(os.path.join(out, "metrics.json")).read())["steps"] == done + 3

@@ -2,6 +2,8 @@
 
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -469,8 +471,16 @@ def fit(
         if final:
             save(os.path.join(os.fspath(checkpoint_dir), FINAL), best if best is not None else flow)
 
+    # Ctrl-C during the loop sets a flag; the loop stops between steps, so the state it
+    # checkpoints is complete (an interrupt inside a dispatch would lose donated buffers).
+    interrupted = []
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     try:
         while step < total:
+            if interrupted:
+                raise KeyboardInterrupt
             k = kd if total - step >= kd else 1
             if k == 1:
                 idx = order.indices(step)
@@ -524,17 +534,12 @@ def fit(
                 break
     except KeyboardInterrupt:
         # Keep the user's work: checkpoint the last completed step, then stop.
-        try:
-            if sync() is None:
-                checkpoint(final=False)
-        except Exception as e:  # interrupted inside a dispatch: its donated inputs are gone
-            warnings.warn(
-                f"fit: interrupted mid-step; the previous checkpoint is kept ({e!r}).",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        if sync() is None:
+            checkpoint(final=False)
         raise
     finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
         if bar is not None:
             bar.close()
     history["stop_reason"] = stop or "completed"
