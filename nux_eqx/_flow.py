@@ -20,6 +20,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from beartype import beartype
 from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped, jaxtyped
 
@@ -110,11 +111,15 @@ def check_finite(enabled: bool = True) -> Iterator[None]:
         z, log_px = jax.vmap(flow)(x)
     ```
     """
+    # The flag is read at trace time: drop compiled functions so that a step traced
+    # before (or inside) the context is retraced with (or without) the checks.
+    jax.clear_caches()
     token = _CHECK_FINITE.set(enabled)
     try:
         yield
     finally:
         _CHECK_FINITE.reset(token)
+        jax.clear_caches()
 
 
 def _finite_or_raise(a: Array, message: str) -> Array:
@@ -466,10 +471,13 @@ def _check_input(flow: AbstractFlow, x: Any, reverse: bool) -> Array:
             "finish `nux_eqx.init` first."
         )
     if not isinstance(x, jax.Array):
+        kind = getattr(getattr(x, "dtype", None), "kind", None)
+        if kind is not None and kind not in "biuf":
+            raise TypeError(f"{name} expected a real floating array, got dtype {x.dtype}.")
         try:
             x = jnp.asarray(x)
-        except TypeError as e:
-            raise TypeError(f"{name} expected an array, got {type(x).__name__}.") from e
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} expected an array (one example), got {type(x).__name__}.") from e
     dtype = x.dtype
     if jnp.issubdtype(dtype, jnp.complexfloating):
         raise TypeError(f"{name} expected a real floating array, got dtype {dtype}; flows act on real data.")
@@ -519,6 +527,15 @@ def init(flow: AbstractFlow, x_batch: Any, *, key: PRNGKeyArray, cond: PyTree = 
     """
     if not isinstance(flow, AbstractFlow):
         raise TypeError(f"nux_eqx.init expects a flow (an AbstractFlow), got {type(flow).__name__}.")
+    if not isinstance(x_batch, jax.Array):
+        kind = getattr(getattr(x_batch, "dtype", None), "kind", None)
+        if kind is None:
+            x_batch = np.asarray(x_batch)
+            kind = x_batch.dtype.kind
+        if kind not in "biuf":
+            raise TypeError(
+                f"nux_eqx.init expects real floating data, got dtype {x_batch.dtype}; convert it to float32 first."
+            )
     x_batch = jnp.asarray(x_batch)
     if x_batch.ndim < 2:
         raise ShapeError(

@@ -6,6 +6,7 @@ serialised leaves. Writes are atomic (write a temporary file, fsync, rename), so
 never leaves a half-written checkpoint under the real name.
 """
 
+import dataclasses
 import io
 import json
 import os
@@ -21,7 +22,7 @@ from jaxtyping import PyTree
 from ._flow import AbstractFlow, init
 
 FORMAT = "nux_eqx-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the header also describes every layer (type and static configuration)
 
 
 class CheckpointError(ValueError):
@@ -36,6 +37,46 @@ def describe(tree: PyTree) -> list[list]:
     )[0]:
         if isinstance(leaf, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)):
             out.append([jax.tree_util.keystr(path), list(leaf.shape), str(jnp.dtype(leaf.dtype))])
+    return out
+
+
+def _simple(v) -> bool:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
+    return isinstance(v, (tuple, list)) and all(_simple(u) for u in v)
+
+
+def describe_layers(tree: PyTree) -> list[list]:
+    """Describe every flow inside `tree` as `[path, type name, static configuration]`.
+
+    The configuration holds the static fields with simple values (shapes, kinds, sizes,
+    masks...), so two flows with the same arrays but different layers or settings
+    (`Reverse` vs `Identity`, another `alpha`) are told apart."""
+    out: list[list] = []
+
+    def visit(node, path):
+        if isinstance(node, AbstractFlow):
+            config = {}
+            for f in dataclasses.fields(node):
+                if f.metadata.get("static", False):
+                    v = getattr(node, f.name, None)
+                    if _simple(v):
+                        config[f.name] = json.loads(json.dumps(v))
+            out.append([path or "flow", type(node).__name__, config])
+            for f in dataclasses.fields(node):
+                if not f.metadata.get("static", False):
+                    visit(getattr(node, f.name, None), f"{path}.{f.name}")
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                visit(v, f"{path}[{i}]")
+        elif isinstance(node, dict):
+            for k in sorted(node, key=str):
+                visit(node[k], f"{path}[{k!r}]")
+        elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+            for f in dataclasses.fields(node):
+                visit(getattr(node, f.name, None), f"{path}.{f.name}")
+
+    visit(tree, "")
     return out
 
 
@@ -75,6 +116,7 @@ def save(path: str | os.PathLike, flow: AbstractFlow, *, extra: dict | None = No
         "in_shape": list(flow.in_shape) if isinstance(flow, AbstractFlow) else None,
         "dtype": _flow_dtype(flow),
         "leaves": describe(flow),
+        "layers": describe_layers(flow),
         "extra": extra or {},
     }
     buf = io.BytesIO()
@@ -102,7 +144,9 @@ def read_header(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} is not a nux_eqx checkpoint (unreadable header: {e}).") from e
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a nux_eqx checkpoint.")
-    if header.get("version", 0) > VERSION:
+    if not isinstance(header.get("version"), int):
+        raise CheckpointError(f"{path} has a malformed header (version {header.get('version')!r}).")
+    if header["version"] > VERSION:
         raise CheckpointError(
             f"{path} was written by a newer nux_eqx (checkpoint format {header['version']}, this "
             f"version reads up to {VERSION}); upgrade nux_eqx."
@@ -137,9 +181,22 @@ def load(
         if header.get("in_shape") is None:
             raise CheckpointError(f"{path} holds no input shape; pass an initialised `like`.")
         x_like = jax.ShapeDtypeStruct((1, *header["in_shape"]), jnp.dtype(header["dtype"]))
-        like = eqx.filter_eval_shape(
-            lambda f, x, c: init(f, x, key=jax.random.key(0), cond=c), like, x_like, cond_like
-        )
+        try:
+            like = eqx.filter_eval_shape(
+                lambda f, x, c: init(f, x, key=jax.random.key(0), cond=c), like, x_like, cond_like
+            )
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(
+                f"{path} holds a flow for examples of shape {tuple(header['in_shape'])} ({header['dtype']}), "
+                f"which `like` ({type(like).__name__}) cannot take: {e}"
+            ) from e
+    if "layers" in header:  # format 2
+        for w, h in zip(describe_layers(like), header["layers"]):
+            if w != h:
+                raise CheckpointError(
+                    f"{path} was saved from a different flow: at {h[0]} it holds {h[1]} {h[2]}, "
+                    f"but `like` has {w[1]} {w[2]} at {w[0]}."
+                )
     want = describe(like)
     have = header["leaves"]
     for i, (w, h) in enumerate(zip(want, have)):
