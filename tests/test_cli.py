@@ -101,8 +101,23 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
     import time
 
     out = str(tmp_path / "run")
-    cmd = [sys.executable, "-m", "nux_eqx.cli", "train", "--data", "8gaussians", "--model", "realnvp",
-           "--steps", "1000000", "--checkpoint-every", "1000000", "--quiet", "--out", out]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nux_eqx.cli",
+        "train",
+        "--data",
+        "8gaussians",
+        "--model",
+        "realnvp",
+        "--steps",
+        "1000000",
+        "--checkpoint-every",
+        "1000000",
+        "--quiet",
+        "--out",
+        out,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "training" in proc.stdout.readline()
     time.sleep(40)  # past compilation, inside the training loop
@@ -116,6 +131,22 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
 
     done = read_checkpoint_info(ckpt)["step"]
     assert done > 0
-    assert cli.main(["train", "--data", "8gaussians", "--model", "realnvp", "--steps", str(done + 3),
-                     "--quiet", "--out", out, "--resume"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                "8gaussians",
+                "--model",
+                "realnvp",
+                "--steps",
+                str(done + 3),
+                "--quiet",
+                "--out",
+                out,
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert json.loads(open(os.path.join(out, "metrics.json")).read())["steps"] == done + 3
