@@ -102,7 +102,8 @@ def check_finite(enabled: bool = True) -> Iterator[None]:
     Within this context every layer call checks its input, its output and its
     contribution with `eqx.error_if`, and the error names the first layer where a
     non-finite value appeared. The setting is read when a function is traced: enter the
-    context around the first call of a jitted step (or around the code that traces it).
+    context around the first call of a jitted step (or around the code that traces it):
+    a step compiled before keeps running without the checks, one traced inside keeps them.
     It costs a reduction per layer, so it is off by default; turn it on to find the layer
     behind a NaN loss.
 
@@ -111,15 +112,11 @@ def check_finite(enabled: bool = True) -> Iterator[None]:
         z, log_px = jax.vmap(flow)(x)
     ```
     """
-    # The flag is read at trace time: drop compiled functions so that a step traced
-    # before (or inside) the context is retraced with (or without) the checks.
-    jax.clear_caches()
     token = _CHECK_FINITE.set(enabled)
     try:
         yield
     finally:
         _CHECK_FINITE.reset(token)
-        jax.clear_caches()
 
 
 def _finite_or_raise(a: Array, message: str) -> Array:
@@ -362,13 +359,20 @@ class AbstractFlow(eqx.Module):
             raise ValueError(f"{type(self).__name__} is conditional and needs `cond=`; it got none.")
         checking = _CHECK_FINITE.get()
         if checking:
-            x = _finite_or_raise(x, f"{type(self).__name__} received NaN or inf in its input ({'reverse' if reverse else 'forward'}).")
+            x = _finite_or_raise(
+                x,
+                f"{type(self).__name__} received NaN or inf in its input ({'reverse' if reverse else 'forward'}).",
+            )
         z, contribution = _typed_transform(type(self))(self, x, reverse, key=key, cond=cond)
         contribution = jnp.asarray(contribution)
         if checking and not self.children():
-            z = _finite_or_raise(z, f"{type(self).__name__} produced NaN or inf from a finite input ({'reverse' if reverse else 'forward'}).")
+            z = _finite_or_raise(
+                z,
+                f"{type(self).__name__} produced NaN or inf from a finite input ({'reverse' if reverse else 'forward'}).",
+            )
             contribution = _finite_or_raise(
-                contribution, f"{type(self).__name__} produced a NaN or inf contribution ({'reverse' if reverse else 'forward'})."
+                contribution,
+                f"{type(self).__name__} produced a NaN or inf contribution ({'reverse' if reverse else 'forward'}).",
             )
         if contribution.shape != ():
             raise ShapeError(
