@@ -423,6 +423,7 @@ def test_errors():
             bad()
 
 
+@pytest.mark.slow  # XLA:CPU segfaulted compiling this init late in a long xdist worker (CI dry runs); passes alone
 def test_save_load_round_trip(tmp_path):
     def make():
         return nux.Sequential(
@@ -436,7 +437,7 @@ def test_save_load_round_trip(tmp_path):
         )
 
     x = jnp.floor(jr.uniform(jr.key(0), (4, 4, 4, 2)) * 17)
-    flow = scramble(eqx.filter_jit(nux.init)(make(), x, key=jr.key(1)), jr.key(2))
+    flow = scramble(nux.init(make(), x, key=jr.key(1)), jr.key(2))
     nux.save(tmp_path / "flow.eqx", flow)
     loaded = nux.load(tmp_path / "flow.eqx", make())  # from an un-initialised skeleton
     keys = jr.split(jr.key(3), 4)
