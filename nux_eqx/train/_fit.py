@@ -20,6 +20,7 @@ from jaxtyping import PRNGKeyArray, PyTree
 from .._flow import AbstractFlow, ShapeError, init, trainable
 from .._serialise import CheckpointError, save
 from ._checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from ._jit import LeanJit
 from ._losses import nll
 from ._step import scan_updates, update
 
@@ -375,8 +376,8 @@ def fit(
         )
         return flow, opt_state, ok, values
 
-    one = eqx.filter_jit(run_one, donate="all-except-first")
-    many = eqx.filter_jit(run_many, donate="all-except-first")
+    one = LeanJit(run_one, donate="all-except-first")
+    many = LeanJit(run_many, donate="all-except-first")
 
     @eqx.filter_jit
     def eval_chunks(flow, xs, cs, base):

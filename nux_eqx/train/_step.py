@@ -11,6 +11,7 @@ import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from .._flow import AbstractFlow, trainable
+from ._jit import LeanJit
 from ._losses import nll
 
 
@@ -119,7 +120,7 @@ class TrainStep:
                 )
             return flow, opt_state, value
 
-        self._run = eqx.filter_jit(run, donate="all-except-first" if donate else "none")
+        self._run = LeanJit(run, donate="all-except-first" if donate else "none")
 
     def init(self, flow: AbstractFlow) -> PyTree:
         """**Returns:** the optimizer state for the trainable arrays of `flow`."""
@@ -159,7 +160,7 @@ def make_step(
     steps_per_dispatch: int = 1,
     donate: bool = True,
 ) -> TrainStep:
-    """Build a jitted training step (`eqx.filter_jit` with buffer donation).
+    """Build a jitted training step (compiled once per flow structure, with buffer donation).
 
     Only the trainable arrays are optimised ([`nux_eqx.trainable`][]: `NonTrainable`
     arrays are skipped).
