@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from jaxtyping import PRNGKeyArray, PyTree
 
 from .._flow import AbstractFlow, ShapeError, init, trainable
@@ -113,6 +115,58 @@ def _seed_words(key: PRNGKeyArray) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------
+# Data parallelism: a 1-D mesh over the devices, the batch split along it.
+# --------------------------------------------------------------------------------------
+
+
+class _DataParallel:
+    def __init__(self, devices: Sequence[jax.Device]):
+        self.n = len(devices)
+        self.mesh = Mesh(np.asarray(devices), ("batch",))
+        self.replicated = NamedSharding(self.mesh, P())
+
+    @classmethod
+    def make(cls, devices: Sequence[jax.Device] | None, batch_size: int) -> "_DataParallel | None":
+        devices = list(jax.devices() if devices is None else devices)
+        if not devices:
+            raise ValueError("fit: `devices` is empty; pass at least one device, e.g. jax.devices()[:1].")
+        if len(devices) == 1:
+            return None
+        if batch_size % len(devices):
+            raise ValueError(
+                f"fit: batch_size ({batch_size}) must be a multiple of the number of devices "
+                f"({len(devices)}) to split each batch evenly between them; use a batch_size of "
+                f"{(batch_size // len(devices) + 1) * len(devices)}, or pass devices=jax.devices()[:1] "
+                "to train on one device."
+            )
+        return cls(devices)
+
+    def replicate(self, tree: PyTree) -> PyTree:
+        return jax.tree.map(lambda a: jax.device_put(a, self.replicated) if eqx.is_array(a) else a, tree)
+
+    def shard(self, tree: PyTree, axis: int) -> PyTree:
+        sharding = NamedSharding(self.mesh, P(*([None] * axis), "batch"))
+        return jax.tree.map(lambda a: jax.device_put(a, sharding), tree)
+
+    def split_batch(self, tree: PyTree, axis: int) -> PyTree:
+        spec = P(*([None] * axis), "batch")
+        sharding = NamedSharding(self.mesh, spec)
+        return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
+
+    @staticmethod
+    def local(tree: PyTree) -> PyTree:
+        """This process's copy of replicated arrays (across hosts they are not addressable
+        as a whole, and saving needs them on the host)."""
+
+        def one(a):
+            if isinstance(a, jax.Array) and not a.is_fully_addressable and a.sharding.is_fully_replicated:
+                return a.addressable_data(0)
+            return a
+
+        return jax.tree.map(one, tree)
+
+
+# --------------------------------------------------------------------------------------
 # fit
 # --------------------------------------------------------------------------------------
 
@@ -174,6 +228,7 @@ def fit(
     init_batches: int = 1,
     steps_per_dispatch: int = 1,
     max_seconds: float | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> tuple[AbstractFlow, dict]:
     """Train a flow by minimising `loss` (the NLL by default) with an optax optimizer.
 
@@ -222,6 +277,12 @@ def fit(
       times; the default 1 is a Python loop of compiled steps.
     - `max_seconds`: stop after this much training wall time (counting the time of the
       run being resumed), with a last validation; `stop_reason` is then `"time_limit"`.
+    - `devices`: the devices to train on, data-parallel (default: all of `jax.devices()`,
+      which after `jax.distributed.initialize` spans every host). With more than one,
+      each batch is split over a `Mesh` of them along the batch axis and the flow and the
+      optimizer state are replicated; XLA averages the gradients across devices, so the
+      result is the single-device run's up to float rounding. `batch_size` must then be
+      a multiple of the number of devices. Pass `jax.devices()[:1]` for one device.
 
     Ctrl-C (`KeyboardInterrupt`) writes a checkpoint of the last completed step before
     it propagates, so `resume=True` continues the run.
@@ -277,6 +338,7 @@ def fit(
             raise ValueError("fit: give `valid_cond` exactly when the training data has a `cond`.")
     else:
         xv = None
+    par = _DataParallel.make(devices, batch_size)
     dims = math.prod(shape)
     bpd_factor = 1.0 / (dims * math.log(2.0))
 
@@ -358,10 +420,15 @@ def fit(
         history.update(state["history"])
         history["stop_reason"] = None
 
+    if par is not None:  # replicate the state over the devices (after a resume, too)
+        flow, opt_state, best = par.replicate((flow, opt_state, best))
+
     # ---- compiled functions ---------------------------------------------------------
     def run_one(consts, flow, opt_state, ok):
         xd, cd, idx, step_no, base = consts
         xb, cb = xd[idx], _take(cd, idx)
+        if par is not None:
+            xb, cb = par.split_batch((xb, cb), axis=0)
         flow, opt_state, value, ok = update(
             flow, opt_state, xb, jr.fold_in(base, step_no), cb, ok, optimizer=opt, loss=loss
         )
@@ -370,6 +437,8 @@ def fit(
     def run_many(consts, flow, opt_state, ok):
         xd, cd, idx, step_no, base = consts  # idx: (k, batch)
         xs, cs = xd[idx], _take(cd, idx)
+        if par is not None:
+            xs, cs = par.split_batch((xs, cs), axis=1)
         keys = jax.vmap(lambda i: jr.fold_in(base, step_no + i))(jnp.arange(idx.shape[0]))
         flow, opt_state, values, ok = scan_updates(
             flow, opt_state, xs, keys, cs, ok, optimizer=opt, loss=loss
@@ -408,6 +477,12 @@ def fit(
             cc = None if valid_cond is None else jax.tree.map(chunks, valid_cond)
             cr = None if valid_cond is None else jax.tree.map(rest, valid_cond)
             valid_parts.extend([chunks(xv), cc, rest(xv), cr])
+            if par is not None:  # chunks split over the devices when they divide evenly
+                split = c % par.n == 0
+                valid_parts[:] = [
+                    par.shard(v, axis=1) if split and i < 2 else par.replicate(v)
+                    for i, v in enumerate(valid_parts)
+                ]
         xs, cs, xr, cr = valid_parts
         total_loss = 0.0
         if m:
@@ -420,6 +495,8 @@ def fit(
     xd = jnp.asarray(x)
     cd = None if cond is None else jax.tree.map(jnp.asarray, cond)
     ok = jnp.asarray(True)
+    if par is not None:  # every device holds the data; each step gathers its own share
+        xd, cd, ok = par.replicate((xd, cd, ok))
     pending: list = []
     bar = _progress(None if total == 2**62 else total, min(step, total), progress)
     t0 = time.perf_counter() - float(history.get("wall_time") or 0.0)
@@ -459,18 +536,12 @@ def fit(
             return
         history["steps"] = step
         history["wall_time"] = time.perf_counter() - t0
-        save_checkpoint(
-            ckpt,
-            flow=flow,
-            opt_state=opt_state,
-            key=key,
-            step=step,
-            history=history,
-            best=best,
-            config=config,
-        )
+        if jax.process_index() != 0:  # one writer; every process holds the same state
+            return
+        f, o, b = _DataParallel.local((flow, opt_state, best))
+        save_checkpoint(ckpt, flow=f, opt_state=o, key=key, step=step, history=history, best=b, config=config)
         if final:
-            save(os.path.join(os.fspath(checkpoint_dir), FINAL), best if best is not None else flow)
+            save(os.path.join(os.fspath(checkpoint_dir), FINAL), b if b is not None else f)
 
     # Ctrl-C during the loop sets a flag; the loop stops between steps, so the state it
     # checkpoints is complete (an interrupt inside a dispatch would lose donated buffers).
