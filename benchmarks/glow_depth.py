@@ -8,8 +8,10 @@
 `--conv dwmm` swaps each coupling's `ConvNet` for the same network whose convolutions
 compute their weight gradient with a patches-matmul (`jax.custom_vjp`; the forward pass and
 the input gradient stay XLA convolutions). On XLA:CPU the weight-gradient convolution runs
-~100x slower inside a while loop than outside it, which is what slows a scanned
-(`Repeat`) Glow's training step; the matmul form runs at full speed in a loop.
+~100x slower inside a while loop than outside it. The library's own answer (`--conv
+native`, the default) is `nux_eqx.nn.loop_body`: `Repeat` traces its scanned blocks there
+and `nn.Conv2d` then computes the whole convolution as an im2col matmul, which keeps
+forward-mode autodiff working (a custom VJP does not).
 
 The model is `MultiscaleGlow` on digits-sized data (8x8x1, 2 levels, width 64, batch 64,
 uniform dequantisation): K Glow steps per level, either unrolled in a `Sequential`

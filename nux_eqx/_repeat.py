@@ -1,5 +1,6 @@
 """`Repeat`: a scan-over-layers container for deep stacks of identical blocks."""
 
+import contextlib
 from typing import ClassVar
 
 import equinox as eqx
@@ -9,6 +10,7 @@ import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped
 
 from ._flow import AbstractFlow, ShapeError, capturing, child_scope, with_shapes
+from .nn._nets import loop_body
 
 
 def _first_difference(a: str, b: str, width: int = 60) -> str:
@@ -68,19 +70,20 @@ class Repeat(AbstractFlow):
     During [`nux_eqx.capture`][] (and so in `check_flow`) the blocks run in an unrolled
     Python loop, so every leaf layer is recorded as `blocks[i]...`.
 
-    Speed on XLA:CPU: a convolution's *weight gradient* runs far slower inside a loop
-    than outside it, so a scanned Glow trains ~10-15x slower per step than the unrolled
-    one (`benchmarks/glow_depth.py`), while its compile time stays flat in `n`. There,
-    either pass `unroll=True` (unrolled speed, unrolled compile time) or give the
-    couplings a network whose weight gradient is a matmul (the benchmark's `--conv dwmm`
-    brings the scanned step to within ~1-2x of the unrolled one). Not measured on GPU.
+    Speed on XLA:CPU: a convolution's *weight gradient* runs ~100x slower inside a loop
+    than outside it. So on the CPU backend the scanned blocks are traced inside
+    [`nux_eqx.nn.loop_body`][], where [`nux_eqx.nn.Conv2d`][] computes the same
+    convolution as a matmul over image patches: a scanned Glow then trains about as fast
+    per step as the unrolled one (11 vs 11-13 ms on digits, K=4; 71 ms with XLA's
+    convolution in the loop), while its compile time stays flat in `n`
+    (`benchmarks/glow_depth.py`).
 
     **Arguments:**
 
     - `block`: the (un-initialised) block to repeat, e.g. `GlowBlock(64)`.
     - `n`: the number of copies.
     - `unroll`: passed to `jax.lax.scan` (how many blocks per loop iteration; `True`
-      unrolls fully). Default 1.
+      unrolls fully, and then convolutions keep XLA's form). Default 1.
     """
 
     block: AbstractFlow
@@ -141,10 +144,13 @@ class Repeat(AbstractFlow):
             params = jax.tree.map(lambda a: a[:stop], params)
         xs = (params, None if keys is None else keys[:stop])
 
+        looped = not (self.unroll is True or (not isinstance(self.unroll, bool) and self.unroll >= stop))
+
         def body(carry, inp):
             x, total = carry
             p, k = inp
-            z, c = eqx.combine(p, static)(x, reverse, key=k, cond=cond)
+            with loop_body() if looped else contextlib.nullcontext():
+                z, c = eqx.combine(p, static)(x, reverse, key=k, cond=cond)
             return (z.astype(x.dtype), total + c.astype(total.dtype)), None
 
         (x, total), _ = jax.lax.scan(body, (x, total), xs, length=stop, reverse=reverse, unroll=self.unroll)

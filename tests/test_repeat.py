@@ -236,3 +236,32 @@ def test_multiscale_glow_repeat_option():
     assert np.all(np.isfinite(lp))
     xs, lq = jax.vmap(lambda k: nux.sample(flow, k))(jr.split(jr.key(3), 2))
     assert xs.shape == (2, 8, 8, 1) and np.all(np.isfinite(lq))
+
+
+def test_loop_body_convolution_is_the_same_convolution():
+    """Inside `loop_body` (Repeat's scan) `nn.Conv2d` is an im2col matmul on CPU: same
+    values, same gradients, and forward-mode autodiff still works."""
+    import equinox as eqx
+    import numpy as np
+
+    for k in (1, 3, (3, 1)):
+        conv = nux.nn.Conv2d(3, 5, k, key=jr.key(0))
+        x = jr.normal(jr.key(1), (4, 6, 3))
+
+        def f(c, v):
+            return jnp.sum(jnp.sin(c(v)))
+
+        with nux.nn.loop_body():
+            y_loop = conv(x)
+            g_loop = eqx.filter_grad(f)(conv, x)
+            j_loop = jax.jvp(conv, (x,), (jnp.ones_like(x),))[1]
+        y, g = conv(x), eqx.filter_grad(f)(conv, x)
+        j = jax.jvp(conv, (x,), (jnp.ones_like(x),))[1]
+        np.testing.assert_allclose(y_loop, y, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(g_loop.weight, g.weight, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(j_loop, j, rtol=1e-5, atol=1e-5)
+    if jax.default_backend() == "cpu":  # the im2col form is what runs in the loop
+        with nux.nn.loop_body():
+            jaxpr = str(jax.make_jaxpr(conv)(x))
+        assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+    assert "conv_general_dilated" in str(jax.make_jaxpr(conv)(x))

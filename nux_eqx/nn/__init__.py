@@ -21,5 +21,17 @@ from ._nets import (
 from ._nets import (
     default_network as default_network,
 )
+from ._nets import (
+    loop_body as loop_body,
+)
 
-__all__ = ["Conv2d", "ConvNet", "Linear", "MLP", "cast_floating", "cond_features", "default_network"]
+__all__ = [
+    "Conv2d",
+    "ConvNet",
+    "Linear",
+    "MLP",
+    "cast_floating",
+    "cond_features",
+    "default_network",
+    "loop_body",
+]
