@@ -7,7 +7,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from jaxtyping import PRNGKeyArray, PyTree
+from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from .._flow import AbstractFlow, ShapeError, init, trainable
 from .._serialise import CheckpointError, save
@@ -171,7 +171,32 @@ class _DataParallel:
 # --------------------------------------------------------------------------------------
 
 
-def _make_optimizer(optimizer, clip_norm, warmup_steps):
+class _AverageState(NamedTuple):
+    average: PyTree  # the exponential moving average of the parameters
+    count: Array
+
+
+def _parameter_average(decay: float) -> optax.GradientTransformation:
+    """Keeps an exponential moving average of the parameters after each update (Polyak
+    averaging) in the optimizer state, so checkpoints and resumes carry it. The decay
+    ramps up as `min(decay, (1 + t) / (10 + t))`, so early averages do not remember the
+    initialisation. The updates pass through unchanged."""
+
+    def init(params):
+        # a copy: the average must not share buffers with the (donated) parameters
+        return _AverageState(jax.tree.map(jnp.copy, params), jnp.zeros((), jnp.int32))
+
+    def update(updates, state, params=None):
+        new = optax.apply_updates(params, updates)
+        t = state.count.astype(jnp.float32)
+        d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+        avg = jax.tree.map(lambda a, p: (d * a + (1 - d) * p).astype(p.dtype), state.average, new)
+        return updates, _AverageState(avg, state.count + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _make_optimizer(optimizer, clip_norm, warmup_steps, ema=None):
     opt = optax.adam(1e-3) if optimizer is None else optimizer
     parts = []
     if clip_norm is not None:
@@ -186,6 +211,10 @@ def _make_optimizer(optimizer, clip_norm, warmup_steps):
         # Scales the updates linearly from 1/w to 1 over the first w steps: for Adam-like
         # optimizers this is a linear learning-rate warm-up.
         parts.append(optax.scale_by_schedule(lambda t: jnp.minimum(1.0, (t + 1.0) / w)))
+    if ema is not None:
+        if not 0.0 < ema < 1.0:
+            raise ValueError(f"fit: ema must be in (0, 1) (e.g. 0.999), or None; got {ema}.")
+        return optax.chain(*parts, _parameter_average(float(ema)))  # last: sees the final updates
     return optax.chain(*parts) if len(parts) > 1 else parts[0]
 
 
@@ -229,6 +258,7 @@ def fit(
     steps_per_dispatch: int = 1,
     max_seconds: float | None = None,
     devices: Sequence[jax.Device] | None = None,
+    ema: float | None = None,
 ) -> tuple[AbstractFlow, dict]:
     """Train a flow by minimising `loss` (the NLL by default) with an optax optimizer.
 
@@ -283,6 +313,11 @@ def fit(
       optimizer state are replicated; XLA averages the gradients across devices, so the
       result is the single-device run's up to float rounding. `batch_size` must then be
       a multiple of the number of devices. Pass `jax.devices()[:1]` for one device.
+    - `ema`: keep an exponential moving average of the parameters with this decay (e.g.
+      `0.999`; Polyak averaging, as Glow and Flow++ evaluate): validation, the best flow
+      and the returned flow then use the averaged parameters, which usually generalise
+      better than the last iterate. The average lives in the optimizer state, so it is
+      checkpointed and resumed with it.
 
     Ctrl-C (`KeyboardInterrupt`) writes a checkpoint of the last completed step before
     it propagates, so `resume=True` continues the run.
@@ -362,7 +397,7 @@ def fit(
             flow = init(flow, jnp.asarray(x[idx]), key=k_init, cond=_take(cond, idx))
         except ShapeError as e:
             raise ShapeError(f"fit: the flow cannot take examples of shape {shape}: {e}") from e
-    opt = _make_optimizer(optimizer, clip_norm, warmup_steps)
+    opt = _make_optimizer(optimizer, clip_norm, warmup_steps, ema)
     opt_state = opt.init(trainable(flow)[0])
 
     config = {
@@ -371,6 +406,7 @@ def fit(
         "batch_size": batch_size,
         "steps_per_dispatch": kd,
         "valid": xv is not None,
+        "ema": ema,
     }
     history: dict[str, Any] = {
         "train_loss": [],
@@ -460,6 +496,12 @@ def fit(
     def eval_rest(flow, xb, cb, base, i):
         return loss(flow, xb, key=jr.fold_in(base, i), cond=cb)
 
+    def current(flow, opt_state):
+        """The flow to evaluate and return: with `ema`, the averaged parameters."""
+        if ema is None:
+            return flow
+        return eqx.combine(opt_state[-1].average, trainable(flow)[1])
+
     valid_parts: list = []  # device copies of the validation chunks, made once
 
     def validate(flow) -> float:
@@ -541,7 +583,7 @@ def fit(
         f, o, b = _DataParallel.local((flow, opt_state, best))
         save_checkpoint(ckpt, flow=f, opt_state=o, key=key, step=step, history=history, best=b, config=config)
         if final:
-            save(os.path.join(os.fspath(checkpoint_dir), FINAL), b if b is not None else f)
+            save(os.path.join(os.fspath(checkpoint_dir), FINAL), b if b is not None else current(f, o))
 
     # Ctrl-C during the loop sets a flag; the loop stops between steps, so the state it
     # checkpoints is complete (an interrupt inside a dispatch would lose donated buffers).
@@ -587,12 +629,12 @@ def fit(
                     )
                     break
             if do_eval:
-                last_valid = validate(flow)
+                last_valid = validate(current(flow, opt_state))
                 history["valid_step"].append(step)
                 history["valid_loss"].append(last_valid)
                 if history["best_valid_loss"] is None or last_valid < history["best_valid_loss"]:
                     history["best_valid_loss"], history["best_step"] = last_valid, step
-                    best = _copy(flow)
+                    best = _copy(current(flow, opt_state))
                     evals_since_best = 0
                 else:
                     evals_since_best += 1
@@ -618,4 +660,4 @@ def fit(
     history["steps"] = step
     history["wall_time"] = time.perf_counter() - t0
     checkpoint(final=True)
-    return (best if best is not None else flow), history
+    return (best if best is not None else current(flow, opt_state)), history
