@@ -40,7 +40,7 @@ class ModelSpec:
     description: str
 
 
-def _glow(factor_out):
+def _glow(factor_out, dequantization):
     def build(split):
         import nux_eqx as nux
 
@@ -50,7 +50,14 @@ def _glow(factor_out):
             levels += 1
         levels = min(levels, 2)
         return nux.MultiscaleGlow(
-            n_levels=levels, n_blocks=4, n_channels=64, factor_out=factor_out, dequantize=split.levels
+            n_levels=levels,
+            n_blocks=4,
+            n_channels=64,
+            factor_out=factor_out,
+            dequantize=split.levels,
+            dequantization=dequantization,
+            # few intensity levels: a small logit squeeze (digits: 2.04 vs 2.12 bits/dim at 0.05)
+            lmbda=0.01 if split.levels is not None and split.levels <= 32 else 0.05,
         )
 
     return build
@@ -76,12 +83,14 @@ def _vector(name):
 
 MODELS: dict[str, ModelSpec] = {
     "glow": ModelSpec(
-        _glow("prior"), ("image",), "multiscale Glow: 2 levels x 4 steps, width 64, factor-out to N(0, I)"
-    ),
-    "glow-chainrule": ModelSpec(
-        _glow("chain_rule"),
+        _glow("chain_rule", "variational"),
         ("image",),
-        "Glow whose factored-out halves get a learned conditional prior (ChainRule)",
+        "multiscale Glow: 2 levels x 4 steps, width 64, learned factor-out prior, variational dequantisation",
+    ),
+    "glow-plain": ModelSpec(
+        _glow("prior", "uniform"),
+        ("image",),
+        "the same Glow with N(0, I) for the factored-out halves and uniform dequantisation (faster steps)",
     ),
     "realnvp": ModelSpec(_vector("realnvp"), ("vector",), "RealNVP: 8 affine couplings, MLP 2x128, ActNorm"),
     "maf": ModelSpec(_vector("maf"), ("vector",), "masked autoregressive flow: 5 MADE layers 2x128"),
@@ -287,16 +296,19 @@ def _plot_samples(path, flow, split, n, key, temperature):
 # Commands.
 # --------------------------------------------------------------------------------------
 
-COMPARED = ("data", "model", "batch_size", "lr", "seed")
+COMPARED = ("data", "model", "batch_size", "lr", "ema", "seed")
 
 
 def cmd_train(args) -> int:
+    if not 0.0 <= args.ema < 1.0:
+        raise UserError(f"--ema must be in [0, 1) (0 turns averaging off), got {args.ema}.")
     run = args.out or os.path.join("runs", f"{args.data}-{args.model}-seed{args.seed}")
     config = {
         "data": args.data,
         "model": args.model,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "ema": args.ema,
         "seed": args.seed,
         "steps": args.steps,
         "minutes": None if args.steps is not None else args.minutes,
@@ -354,6 +366,7 @@ def cmd_train(args) -> int:
             checkpoint_every=args.checkpoint_every,
             resume=args.resume,
             init_batches=8,
+            ema=args.ema or None,
             max_seconds=max_seconds,
             progress=not args.quiet,
         )
@@ -465,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=float, default=1.5, help="train this long (default 1.5)")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument(
+        "--ema",
+        type=float,
+        default=0.999,
+        help="evaluate and keep a moving average of the parameters with this decay (default 0.999; 0: off)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default=None, help="run folder (default runs/DATA-MODEL-seedS)")
     t.add_argument("--resume", action="store_true", help="continue the run in the folder")

@@ -89,3 +89,15 @@ CASES["MultiscaleGlow-dequantize"] = Case(
     lambda k: jr.randint(k, (6, 2, 2, 1), 0, 17).astype("float32"),
     covers=("MultiscaleGlow",),
 )
+CASES["MultiscaleGlow-variational"] = Case(
+    lambda: nux.MultiscaleGlow(
+        n_levels=1,
+        n_blocks=1,
+        n_channels=8,
+        dequantize=17,
+        dequantization="variational",
+        factor_out="chain_rule",
+    ),
+    lambda k: jr.randint(k, (6, 2, 2, 1), 0, 17).astype("float32"),
+    covers=("MultiscaleGlow",),
+)

@@ -24,6 +24,7 @@ def test_list(capsys):
         (["train", "--data", "nope"], "unknown dataset 'nope'; choose one of:.*digits"),
         (["train", "--model", "nope"], "unknown model 'nope'; choose one of: glow"),
         (["train", "--data", "8gaussians", "--model", "glow"], "takes image data.*choose one of: realnvp"),
+        (["train", "--ema", "1"], "--ema must be in \\[0, 1\\)"),
     ],
 )
 def test_bad_names_exit_2(tmp_path, capsys, argv, message):
@@ -81,6 +82,8 @@ def test_train_eval_sample_resume(tmp_path, capsys):
     # a different configuration: refused
     assert run(*args[:-1], out, "--steps", "9", "--resume", "--lr", "0.01") == 2
     assert "cannot resume" in capsys.readouterr().err
+    assert run(*args[:-1], out, "--steps", "9", "--resume", "--ema", "0") == 2
+    assert "--ema 0.999, this command says 0" in capsys.readouterr().err
     assert open(os.path.join(out, "checkpoints", "checkpoint.eqx"), "rb").read() == before
 
     # resume continues to 9 steps
