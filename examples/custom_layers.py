@@ -70,7 +70,11 @@ class MyActNorm(nux.AbstractFlow):
 def main():
     key = jax.random.key(0)
     x = jax.random.normal(key, (8, 4, 4, 3))
-    for layer in (OnebyOneConvDense(), MyActNorm(), nux.sequential(MyActNorm(), OnebyOneConvDense(), nux.UnitGaussianPrior())):
+    for layer in (
+        OnebyOneConvDense(),
+        MyActNorm(),
+        nux.sequential(MyActNorm(), OnebyOneConvDense(), nux.UnitGaussianPrior()),
+    ):
         check_flow(layer, x, key=key)
         print(f"{type(layer).__name__}: check_flow passed")
 

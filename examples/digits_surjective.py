@@ -17,16 +17,13 @@ The three models:
 Each model gets the same wall time, its compilation included. Every model starts with
 uniform dequantisation (17 levels) and a logit, so `-log_prob / (64 ln 2)` is the
 bits/dim of the discrete pixels (a lower bound's estimate, with one dequantisation
-sample per digit). Training: Adam, gradient clipping, batch 64, a 90/10 split of the
-training digits to keep the best checkpoint; the test split is the seeded 80/20 one of
-`nux_eqx.data.digits()`.
+sample per digit). Training: `nux_eqx.train.fit` with Adam, gradient clipping, batch 64,
+a 90/10 split of the training digits to keep the best checkpoint; the test split is the
+seeded 80/20 one of `nux_eqx.data.digits()`.
 """
 
 import argparse
-import math
-import time
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,10 +31,6 @@ import optax
 
 import nux_eqx as nux
 from nux_eqx.data import DIGITS_LEVELS, digits
-
-
-def bits_per_dim(log_px: float, shape=(8, 8, 1)) -> float:
-    return -log_px / (math.prod(shape) * math.log(2))
 
 
 def maxpool_flow(n_blocks: int, n_channels: int) -> nux.Sequential:
@@ -66,62 +59,34 @@ def models(n_blocks: int, n_channels: int) -> dict:
 
 
 def train(flow, x_train, x_valid, x_test, *, seconds, steps, batch_size, lr, eval_every, seed):
-    """Train `flow` for `seconds` of wall time (or `steps` steps); return a dict of
-    results with the test bits/dim of the best validation checkpoint."""
-    key = jax.random.key(seed)
-    k_init, k_train, k_test = jax.random.split(key, 3)
-    rng = np.random.default_rng(seed)
-    init_batch = x_train[rng.choice(len(x_train), 512, replace=False)]
-    flow = nux.init(flow, init_batch, key=k_init)
-    params, static = nux.trainable(flow)
-    n_params = sum(p.size for p in jax.tree.leaves(params))
-    optimizer = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(lr))
-    opt_state = optimizer.init(params)
-
-    def loss_fn(params, x, key):
-        f = eqx.combine(params, static)
-        keys = jax.random.split(key, x.shape[0])
-        return -jnp.mean(jax.vmap(lambda xi, ki: nux.log_prob(f, xi, key=ki))(x, keys))
-
-    @eqx.filter_jit(donate="all")
-    def train_step(params, opt_state, x, key):
-        key, sub = jax.random.split(key)
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, sub)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, key, loss
-
-    @eqx.filter_jit
-    def mean_log_px(params, x, key):
-        return -loss_fn(params, x, key)
-
-    def batches():  # shuffled epochs, last partial batch dropped
-        while True:
-            perm = rng.permutation(len(x_train))
-            for i in range(0, len(perm) - batch_size + 1, batch_size):
-                yield jnp.asarray(x_train[perm[i : i + batch_size]])
-
-    stream = batches()
-    x_valid_j, k_valid = jnp.asarray(x_valid), jax.random.fold_in(k_test, 1)
-    best = (math.inf, 0, params)
-    t0 = time.perf_counter()
-    n = 0
-    while True:
-        if steps is not None and n >= steps:
-            break
-        if steps is None and n % 25 == 0 and n > 0 and time.perf_counter() - t0 >= seconds:
-            break
-        params, opt_state, k_train, loss = train_step(params, opt_state, next(stream), k_train)
-        n += 1
-        if n % eval_every == 0:
-            valid = bits_per_dim(float(mean_log_px(params, x_valid_j, k_valid)))
-            if valid < best[0]:
-                best = (valid, n, jax.tree.map(jnp.copy, params))
-    wall = time.perf_counter() - t0
-    valid = bits_per_dim(float(mean_log_px(params, x_valid_j, k_valid)))
-    if valid < best[0]:
-        best = (valid, n, params)
-    test = bits_per_dim(float(mean_log_px(best[2], jnp.asarray(x_test), k_test)))
-    return dict(test=test, valid=best[0], best_step=best[1], steps=n, wall=wall, n_params=n_params)
+    """Train `flow` with `nux_eqx.train.fit` for `seconds` of wall time (compilation
+    included) or `steps` steps; return the test bits/dim of the best validation flow."""
+    k_fit, k_test = jax.random.split(jax.random.key(seed))
+    flow, history = nux.train.fit(
+        flow,
+        x_train,
+        key=k_fit,
+        steps=steps,
+        max_seconds=None if steps is not None else seconds,
+        batch_size=batch_size,
+        optimizer=optax.adam(lr),
+        clip_norm=5.0,
+        valid=x_valid,
+        eval_every=eval_every,
+        init_batches=8,
+        progress=False,
+    )
+    per_bit = history["bits_per_dim_factor"]  # 1 / (64 ln 2): nats per example -> bits/dim
+    test = float(nux.train.nll(flow, jnp.asarray(x_test), key=k_test)) * per_bit
+    n_params = sum(p.size for p in jax.tree.leaves(nux.trainable(flow)[0]))
+    return dict(
+        test=test,
+        valid=history["best_valid_loss"] * per_bit,
+        best_step=history["best_step"],
+        steps=history["steps"],
+        wall=history["wall_time"],
+        n_params=n_params,
+    )
 
 
 def main(argv=None):

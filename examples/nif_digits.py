@@ -71,55 +71,32 @@ def main(argv=None):
     x_train = data.train
     x_test = data.test if args.n_test is None else data.test[: args.n_test]
     key = jax.random.key(args.seed)
-    k_init, k_train, k_test, k_sample = jax.random.split(key, 4)
-    rng = np.random.default_rng(args.seed)
+    k_fit, k_test, k_sample = jax.random.split(key, 3)
 
     flow = build(args.latent_dim, args.n_couplings, args.hidden, args.train_samples)
-    flow = nux.init(flow, x_train[rng.choice(len(x_train), 512, replace=False)], key=k_init)
-    params, static = nux.trainable(flow)
-    optimizer = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(args.lr))
-    opt_state = optimizer.init(params)
-
-    def loss_fn(params, x, key):
-        f = eqx.combine(params, static)
-        keys = jax.random.split(key, x.shape[0])
-        return -jnp.mean(jax.vmap(lambda xi, ki: nux.log_prob(f, xi, key=ki))(x, keys))
-
-    @eqx.filter_jit(donate="all")
-    def train_step(params, opt_state, x, key):
-        key, sub = jax.random.split(key)
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, sub)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, key, loss
-
-    def batches():
-        while True:
-            perm = rng.permutation(len(x_train))
-            for i in range(0, len(perm) - args.batch_size + 1, args.batch_size):
-                yield jnp.asarray(x_train[perm[i : i + args.batch_size]])
-
-    n_params = sum(a.size for a in jax.tree.leaves(params))
     print(
         f"NIF: 64 -> {args.latent_dim} dims, prior of {args.n_couplings} couplings (width {args.hidden}); "
-        f"{n_params} parameters; {len(x_train)} train / {len(x_test)} test digits"
+        f"{len(x_train)} train / {len(x_test)} test digits"
     )
-    stream = batches()
     t0 = time.perf_counter()
-    steps = 0
-    while True:
-        if args.steps is not None and steps >= args.steps:
-            break
-        if args.steps is None and steps % 50 == 0 and steps and time.perf_counter() - t0 >= args.seconds:
-            break
-        params, opt_state, k_train, loss = train_step(params, opt_state, next(stream), k_train)
-        steps += 1
-        if steps % 500 == 0:
-            print(
-                f"step {steps:5d}  train bits/dim {bits(-float(loss)):.3f}  ({time.perf_counter() - t0:.0f} s)"
-            )
-    loss.block_until_ready()
-    print(f"trained {steps} steps in {time.perf_counter() - t0:.1f} s")
-    flow = eqx.combine(params, static)
+    flow, history = nux.train.fit(
+        flow,
+        x_train,
+        key=k_fit,
+        steps=args.steps,
+        max_seconds=None if args.steps is not None else args.seconds,
+        batch_size=args.batch_size,
+        optimizer=optax.adam(args.lr),
+        clip_norm=5.0,
+        init_batches=8,
+        progress=False,
+    )
+    n_params = sum(a.size for a in jax.tree.leaves(nux.trainable(flow)[0]))
+    final = bits(-np.mean(history["train_loss"][-50:]))
+    print(
+        f"trained {history['steps']} steps in {time.perf_counter() - t0:.1f} s; {n_params} parameters; "
+        f"train bits/dim (last 50 steps) {final:.3f}"
+    )
 
     # ---- test estimates: the data-side layers once, then the importance-weighted NIF ----
     *data_side, iw = flow.layers

@@ -53,7 +53,9 @@ def main(num_blocks=4, n_channels=512, batch=64):
     flow = nux.init(flow, x, key=key)
 
     keys = jax.random.split(key, batch)
-    log_px = eqx.filter_jit(lambda f, x, k: jax.vmap(lambda a, b: nux.log_prob(f, a, key=b))(x, k))(flow, x, keys)
+    log_px = eqx.filter_jit(lambda f, x, k: jax.vmap(lambda a, b: nux.log_prob(f, a, key=b))(x, k))(
+        flow, x, keys
+    )
     z, _ = jax.vmap(lambda a, b: flow(a, key=b))(x, keys)
     x_rec, _ = jax.vmap(lambda v: flow(v, reverse=True))(z)
     samples, log_q = jax.vmap(lambda k: nux.sample(flow, k))(jax.random.split(key, 4))

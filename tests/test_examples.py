@@ -33,3 +33,12 @@ def test_readme_multiscale_glow():
 
 def test_custom_layers_pass_check_flow():
     load("custom_layers").main()
+
+
+def test_digits_surjective_trains_three_models_with_fit():
+    results = load("digits_surjective").main(
+        ["--steps", "3", "--n-blocks", "1", "--n-channels", "8", "--eval-every", "2"]
+    )
+    assert len(results) == 3
+    for r in results.values():
+        assert r["steps"] == 3 and r["best_step"] in (2, 3) and 0 < r["test"] < 20
