@@ -69,7 +69,7 @@ def timed(fn: Callable[[], object], sync: Callable[[object], object] = lambda v:
     return out, time.perf_counter() - t0
 
 
-def median_call_s(fn: Callable[[], object], sync: Callable[[object], object], repeats: int = 3) -> float:
+def median_call_s(fn: Callable[[], object], sync: Callable[[object], object], repeats: int = 11) -> float:
     """Median seconds of `repeats` calls after one warm-up (compile) call."""
     sync(fn())
     times = [timed(fn, sync)[1] for _ in range(repeats)]

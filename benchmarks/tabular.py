@@ -30,7 +30,7 @@ Protocol (the peer benchmark's, `shared/reference/peer-figures.md`): split 80/10
 `step ms` = median of 50 steps (each synchronised) after 10 warm-up steps; the other steps
 run asynchronously and `train s` is their total wall time (evaluations excluded);
 validation NLL every `eval_every` steps and the test NLL at the best validation checkpoint;
-log_prob and sampling throughput on 10 000 points (median of 3 after a warm-up call);
+log_prob and sampling throughput on 10 000 points (median of 11 after a warm-up call);
 peak RSS of the worker. Results go to `benchmarks/results/tabular[_quick].json`.
 """
 
