@@ -84,6 +84,8 @@ def _build_network(owner: str, layer, in_shape, out_shape, dtype, key):
             key=key,
             hidden_layer_sizes=layer.hidden_layer_sizes,
             n_channels=layer.n_channels,
+            # NuX: a random MLP for vectors (faster to train), a zero last conv for images
+            zero_init=len(in_shape) != 1,
         )
     else:
         net = layer.network_factory(in_shape, out_shape, key=key)
@@ -147,7 +149,9 @@ class Coupling(AbstractFlow):
     **Arguments:**
 
     - `kind`: `"affine"` (default) or `"additive"`.
-    - `hidden_layer_sizes`: widths of the default `nux_eqx.nn.MLP` (vectors).
+    - `hidden_layer_sizes`: widths of the default `nux_eqx.nn.MLP` (vectors; randomly
+      initialised throughout, as NuX's `SimpleMLP`; the image `ConvNet` starts its last
+      convolution at zero).
     - `n_channels`: hidden width of the default `nux_eqx.nn.ConvNet` (images).
     - `network_factory`: optional `factory(in_shape, out_shape, *, key) -> module` that
       builds the conditioner for one example. Half / channel masks: the input is `x_b`

