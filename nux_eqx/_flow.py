@@ -24,6 +24,8 @@ import numpy as np
 from beartype import beartype
 from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped, jaxtyped
 
+from ._context import set_flag
+
 Kind = Literal["bijective", "injective", "surjective", "stochastic", "prior", "container"]
 
 
@@ -112,11 +114,8 @@ def check_finite(enabled: bool = True) -> Iterator[None]:
         z, log_px = jax.vmap(flow)(x)
     ```
     """
-    token = _CHECK_FINITE.set(enabled)
-    try:
+    with set_flag(_CHECK_FINITE, enabled):
         yield
-    finally:
-        _CHECK_FINITE.reset(token)
 
 
 def _finite_or_raise(a: Array, message: str) -> Array:
@@ -147,11 +146,8 @@ def child_scope(name: str) -> Iterator[None]:
         yield
         return
     parent = _PATH.get()
-    token = _PATH.set(f"{parent}.{name}" if parent else name)
-    try:
+    with set_flag(_PATH, f"{parent}.{name}" if parent else name):
         yield
-    finally:
-        _PATH.reset(token)
 
 
 class Captured(eqx.Module):
@@ -206,13 +202,8 @@ def capture(
 
 def _capture_records(flow, x, reverse, *, key, cond):
     records: list[_Record] = []
-    token = _RECORDER.set(records)
-    token_path = _PATH.set("")
-    try:
+    with set_flag(_RECORDER, records), set_flag(_PATH, ""):
         z, c = flow(x, reverse, key=key, cond=cond)
-    finally:
-        _RECORDER.reset(token)
-        _PATH.reset(token_path)
     return z, c, records
 
 

@@ -38,6 +38,18 @@ def _check_args(owner: str, kind: str, mask: str, parity: int) -> None:
         )
 
 
+def _set_fields(layer, owner, kind, hidden_layer_sizes, n_channels, network_factory, mask, parity) -> None:
+    """The keywords `Coupling` and `ConditionedCoupling` share, checked and stored (from
+    their `__init__`)."""
+    _check_args(owner, kind, mask, parity)
+    layer.kind = kind
+    layer.hidden_layer_sizes = tuple(int(h) for h in hidden_layer_sizes)
+    layer.n_channels = int(n_channels)
+    layer.network_factory = network_factory
+    layer.mask = mask
+    layer.parity = int(parity)
+
+
 def _checkerboard(h: int, w: int, parity: int) -> np.ndarray:
     """The `(h, w, 1)` 0/1 mask: 1 where `(i + j + parity)` is even (transformed)."""
     i, j = np.indices((h, w))
@@ -181,13 +193,7 @@ class Coupling(AbstractFlow):
         mask: Mask = "half",
         parity: int = 0,
     ):
-        _check_args("Coupling", kind, mask, parity)
-        self.kind = kind
-        self.hidden_layer_sizes = tuple(int(h) for h in hidden_layer_sizes)
-        self.n_channels = int(n_channels)
-        self.network_factory = network_factory
-        self.mask = mask
-        self.parity = int(parity)
+        _set_fields(self, "Coupling", kind, hidden_layer_sizes, n_channels, network_factory, mask, parity)
         self.network = None
 
     def init(self, x_batch, *, key, cond=None):
@@ -245,13 +251,9 @@ class ConditionedCoupling(AbstractFlow):
         mask: Mask = "half",
         parity: int = 0,
     ):
-        _check_args("ConditionedCoupling", kind, mask, parity)
-        self.kind = kind
-        self.hidden_layer_sizes = tuple(int(h) for h in hidden_layer_sizes)
-        self.n_channels = int(n_channels)
-        self.network_factory = network_factory
-        self.mask = mask
-        self.parity = int(parity)
+        _set_fields(
+            self, "ConditionedCoupling", kind, hidden_layer_sizes, n_channels, network_factory, mask, parity
+        )
         self.cond_shape = None
         self.network = None
 

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from .._context import set_flag
+
 
 class Linear(eqx.Module):
     """A dense layer `y = W x + b` with static sizes.
@@ -141,11 +143,8 @@ def loop_body():
         carry, _ = jax.lax.scan(body, carry, stacked_params)
     ```
     """
-    token = _LOOP_BODY.set(True)
-    try:
+    with set_flag(_LOOP_BODY, True):
         yield
-    finally:
-        _LOOP_BODY.reset(token)
 
 
 def _conv_im2col(x: Array, w: Array) -> Array:

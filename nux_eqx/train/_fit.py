@@ -144,14 +144,16 @@ class _DataParallel:
     def replicate(self, tree: PyTree) -> PyTree:
         return jax.tree.map(lambda a: jax.device_put(a, self.replicated) if eqx.is_array(a) else a, tree)
 
+    def _batch_axis(self, axis: int) -> NamedSharding:
+        return NamedSharding(self.mesh, P(*([None] * axis), "batch"))
+
     def shard(self, tree: PyTree, axis: int) -> PyTree:
-        sharding = NamedSharding(self.mesh, P(*([None] * axis), "batch"))
-        return jax.tree.map(lambda a: jax.device_put(a, sharding), tree)
+        """Put arrays on the devices, split along `axis`."""
+        return jax.device_put(tree, self._batch_axis(axis))
 
     def split_batch(self, tree: PyTree, axis: int) -> PyTree:
-        spec = P(*([None] * axis), "batch")
-        sharding = NamedSharding(self.mesh, spec)
-        return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
+        """Inside a jitted step: split arrays along `axis` over the devices."""
+        return jax.lax.with_sharding_constraint(tree, self._batch_axis(axis))
 
     @staticmethod
     def local(tree: PyTree) -> PyTree:
