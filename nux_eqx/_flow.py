@@ -248,6 +248,18 @@ class AbstractFlow(eqx.Module):
     needs_cond: ClassVar[bool] = False
     """Whether the layer always needs a `cond`."""
 
+    def __check_init__(self) -> None:
+        # Equinox flattens a Module whose instance `__dict__` has fewer entries than it
+        # has fields as a *function wrapper*: unflattening then stores `__name__`,
+        # `__qualname__`, ... as `Missing` on the instance, and `eqx.filter_jit(flow)` /
+        # `eqx.filter_vmap(flow)` fail with "__name__ must be set to a string object". A
+        # custom `__init__` that leaves a defaulted field (such as the recorded shapes) at
+        # its class-level default is exactly such a Module, so store every field on the
+        # instance; flatten/unflatten round trips then keep the `__dict__` complete.
+        for f in dataclasses.fields(self):
+            if f.name not in self.__dict__:
+                object.__setattr__(self, f.name, getattr(self, f.name))
+
     # ---- what a layer implements --------------------------------------------------
 
     @abc.abstractmethod
