@@ -306,6 +306,29 @@ class ChainRuleCond(NamedTuple):
     cond: PyTree
 
 
+def _refuse_nux_chain_rule(first: object, second: object, options: dict) -> None:
+    # NuX spelled a split as a pair of layers, `ChainRule(2, factor=True)` ...
+    # `ChainRule(2, factor=False)`; here ChainRule is one container holding both flows.
+    unknown = sorted(set(options) - {"factor"})
+    if unknown:
+        raise TypeError(f"ChainRule got unexpected keyword argument(s) {unknown}.")
+    given = ", ".join(
+        [repr(first) if not isinstance(first, AbstractFlow) else type(first).__name__]
+        + ([] if second is None else [type(second).__name__])
+        + [f"{k}={v!r}" for k, v in options.items()]
+    )
+    raise TypeError(
+        f"ChainRule({given}): nux_eqx's ChainRule is Glow's split-prior container, "
+        "`ChainRule(first, second, split=2, axis=-1)`: it splits an example in two, runs the "
+        "flow `first` on one part and the (conditional) flow `second` on the other given the "
+        "first, so it takes two flows. NuX's `ChainRule(2, factor=True)` ... "
+        "`ChainRule(2, factor=False)` pair of split and merge layers does not exist here: for "
+        "NuX's factor pattern use `nux_eqx.multi_scale(flow, inner)` (split, run `inner` on one "
+        "half, merge) or `nux_eqx.Factored(flow_a, flow_b, split=2)` (independent flows on the "
+        "parts)."
+    )
+
+
 class ChainRule(AbstractFlow):
     """`log p(x) = log p(x_a) + log p(x_b | x_a)`: Glow's multiscale split.
 
@@ -329,8 +352,15 @@ class ChainRule(AbstractFlow):
     layer_kind: ClassVar[str] = "container"
 
     def __init__(
-        self, first: AbstractFlow, second: AbstractFlow, split: int | tuple[int] = 2, axis: int = -1
+        self,
+        first: AbstractFlow,
+        second: AbstractFlow | None = None,
+        split: int | tuple[int] = 2,
+        axis: int = -1,
+        **nux_options: object,
     ):
+        if not isinstance(first, AbstractFlow) or second is None or nux_options:
+            _refuse_nux_chain_rule(first, second, nux_options)
         self.first, self.second = _check_flows("ChainRule", [first, second])
         self.split = split if isinstance(split, int) else tuple(int(i) for i in split)
         self.axis = int(axis)

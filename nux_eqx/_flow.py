@@ -353,6 +353,8 @@ class AbstractFlow(eqx.Module):
                 f"{type(self).__name__}: `reverse` must be a Python bool, got {type(reverse).__name__}; "
                 "under `jax.jit` mark it static (or use `eqx.filter_jit`)."
             )
+        if key is not None:
+            _check_key(type(self).__name__, key)
         if key is None and type(self).needs_key and not reverse:
             raise ValueError(
                 f"{type(self).__name__} is stochastic and needs a PRNG key: call it as "
@@ -402,6 +404,9 @@ class AbstractFlow(eqx.Module):
         """
         hook_key, push_key = jr.split(key)
         in_shape = tuple(x_batch.shape[1:])
+        if _KEEP_INITIALISED.get() and self.is_initialised:
+            _check_kept_shape(self, in_shape)
+            return self, push(self, x_batch, key=push_key, cond=cond)
         filled = self.init(x_batch, key=hook_key, cond=cond)
         if not isinstance(filled, type(self)):
             raise TypeError(
@@ -410,7 +415,15 @@ class AbstractFlow(eqx.Module):
             )
         filled = with_shapes(filled, in_shape, None)
         z_batch = push(filled, x_batch, key=push_key, cond=cond)
-        return with_shapes(filled, in_shape, tuple(z_batch.shape[1:])), z_batch
+        out_shape = tuple(z_batch.shape[1:])
+        if type(self).layer_kind == "bijective" and np.prod(in_shape) != np.prod(out_shape):
+            raise ShapeError(
+                f"{type(self).__name__} is declared bijective (layer_kind = 'bijective') but maps an "
+                f"input of shape {_fmt(in_shape)} ({int(np.prod(in_shape))} elements) to an output of "
+                f"shape {_fmt(out_shape)} ({int(np.prod(out_shape))} elements); a bijection keeps the "
+                "number of elements. Declare a layer that changes the size 'injective' or 'surjective'."
+            )
+        return with_shapes(filled, in_shape, out_shape), z_batch
 
     def can_sample(self) -> bool:
         """Whether this flow can start a sample: priors can; a container can when the
@@ -428,6 +441,40 @@ class AbstractFlow(eqx.Module):
             f"{type(self).__name__} cannot start a sample: a flow samples from the prior at "
             "its latent end. End it with a prior such as `UnitGaussianPrior()`."
         )
+
+
+_KEEP_INITIALISED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "nux_eqx_keep_initialised", default=False
+)
+
+
+def _check_kept_shape(flow: AbstractFlow, in_shape: tuple[int, ...]) -> None:
+    if tuple(in_shape) != flow.in_shape:
+        raise ShapeError(
+            f"nux_eqx.init(..., keep_initialised=True): {type(flow).__name__} is initialised for "
+            f"inputs of shape {_fmt(flow.in_shape)} but now receives {_fmt(tuple(in_shape))}; "
+            "re-initialise it (replace it with a fresh layer) or give data of the shape it was "
+            "initialised on."
+        )
+
+
+def _check_key(owner: str, key: Any, *, batch_hint: bool = True) -> None:
+    """The framework's own message for a `key` that is not one PRNG key (a typed key
+    such as `jax.random.key(0)`, or a raw `uint32[2]` key from `jax.random.PRNGKey`)."""
+    if isinstance(key, jax.Array):  # tracers included
+        dtype, shape = key.dtype, tuple(key.shape)
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            if shape == ():
+                return
+            got = f"an array of {int(np.prod(shape))} keys (shape {_fmt(shape)})"
+        elif dtype == jnp.uint32 and shape == (2,):
+            return
+        else:
+            got = f"an array of dtype {dtype} and shape {_fmt(shape)}"
+    else:
+        got = f"{type(key).__name__} {key!r}" if isinstance(key, (int, float, str)) else type(key).__name__
+    hint = " (split one key per example under jax.vmap)" if batch_hint else ""
+    raise TypeError(f"{owner}: `key` must be one PRNG key, such as `jax.random.key(0)`{hint}; got {got}.")
 
 
 def with_shapes(
@@ -505,12 +552,53 @@ def _check_input(flow: AbstractFlow, x: Any, reverse: bool) -> Array:
     return x
 
 
+def _check_examples(caller: str, name: str, x: Any) -> None:
+    """Refuse a concrete batch that holds no examples or a NaN / inf, naming the first bad
+    example, where in it and the value. Traced values (under `jit`, `eval_shape`) are
+    unknown and pass unchecked. Shared by `init` and `fit`."""
+    if isinstance(x, jax.core.Tracer):
+        return
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    if np.ndim(x) >= 1 and np.shape(x)[0] == 0:
+        raise ValueError(f"{caller}: `{name}` holds no examples (shape {tuple(np.shape(x))}).")
+    if np.ndim(x) < 1 or not jnp.issubdtype(x.dtype, jnp.floating):
+        return
+    finite = np.isfinite(x) if isinstance(x, np.ndarray) else jnp.isfinite(x)
+    if bool(finite.all()):
+        return
+    bad = ~np.asarray(finite).reshape(len(x), -1)
+    rows = np.flatnonzero(bad.any(1))
+    i = int(rows[0])
+    j = int(np.flatnonzero(bad[i])[0])
+    where = tuple(int(k) for k in np.unravel_index(j, np.shape(x)[1:]))
+    value = np.asarray(x[i]).reshape(-1)[j]
+    raise ValueError(
+        f"{caller}: `{name}` holds {int(bad.sum())} non-finite values (NaN or inf) in {len(rows)} "
+        f"example(s), the first in example {i}: {value} at index {where} of that example; remove or "
+        "impute them first."
+    )
+
+
+def _check_cond_examples(caller: str, name: str, cond: PyTree) -> None:
+    """`_check_examples` on every leaf of a batched `cond`, naming the leaf by its path."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(cond):
+        _check_examples(caller, f"{name}{jax.tree_util.keystr(path)}", leaf)
+
+
 # --------------------------------------------------------------------------------------
 # Public functions.
 # --------------------------------------------------------------------------------------
 
 
-def init(flow: AbstractFlow, x_batch: Any, *, key: PRNGKeyArray, cond: PyTree = None) -> AbstractFlow:
+def init(
+    flow: AbstractFlow,
+    x_batch: Any,
+    *,
+    key: PRNGKeyArray,
+    cond: PyTree = None,
+    keep_initialised: bool = False,
+) -> AbstractFlow:
     """Materialise a flow's shapes and parameters from one batch of data.
 
     Layers are written without shapes (`Coupling()`, `ActNorm()`); `init` walks the flow,
@@ -524,9 +612,26 @@ def init(flow: AbstractFlow, x_batch: Any, *, key: PRNGKeyArray, cond: PyTree = 
 
     - `flow`: an un-initialised (or initialised: it is re-initialised) flow.
     - `x_batch`: data with exactly one leading batch axis, e.g. `(batch, dim)` or
-      `(batch, h, w, c)`. Parameters take its floating dtype.
+      `(batch, h, w, c)`. Parameters take its floating dtype. It must hold at least one
+      example and no NaN or inf (nor may a floating leaf of `cond`): called eagerly, `init`
+      refuses such data with a `ValueError` naming the first bad example and value, since
+      data-dependent layers (`ActNorm`) would silently fill NaN parameters. Under tracing
+      (`jax.jit`, `eqx.filter_eval_shape`) the values are unknown and are not checked; check
+      traced data yourself.
     - `key`: a PRNG key for random initialisation (and stochastic layers).
     - `cond`: batched conditioning (leading batch axis on every leaf), or `None`.
+    - `keep_initialised`: if `True`, layers that are already initialised keep their
+      parameters (bit for bit) and only the others are initialised, each on the batch as
+      it arrives there after the kept layers. Use it after tree surgery, e.g. a new prior
+      swapped into a trained flow with `eqx.tree_at`:
+
+        ```python
+        flow = eqx.tree_at(lambda f: f.layers[-1], trained, nux_eqx.GMMPrior(10))
+        flow = nux_eqx.init(flow, x_batch, key=key, keep_initialised=True)
+        ```
+
+      A kept layer must receive inputs of the shape it was initialised for. The default
+      `False` re-initialises every layer.
 
     **Returns:**
 
@@ -534,6 +639,7 @@ def init(flow: AbstractFlow, x_batch: Any, *, key: PRNGKeyArray, cond: PyTree = 
     """
     if not isinstance(flow, AbstractFlow):
         raise TypeError(f"nux_eqx.init expects a flow (an AbstractFlow), got {type(flow).__name__}.")
+    _check_key("nux_eqx.init", key, batch_hint=False)
     if not isinstance(x_batch, jax.Array):
         kind = getattr(getattr(x_batch, "dtype", None), "kind", None)
         if kind is None:
@@ -553,6 +659,7 @@ def init(flow: AbstractFlow, x_batch: Any, *, key: PRNGKeyArray, cond: PyTree = 
         x_batch = x_batch.astype(jnp.result_type(float))
     if not jnp.issubdtype(x_batch.dtype, jnp.floating):
         raise TypeError(f"nux_eqx.init expects real floating data, got dtype {x_batch.dtype}.")
+    _check_examples("nux_eqx.init", "x_batch", x_batch)
     if cond is not None:
         n = x_batch.shape[0]
         for leaf in jax.tree.leaves(cond):
@@ -561,7 +668,9 @@ def init(flow: AbstractFlow, x_batch: Any, *, key: PRNGKeyArray, cond: PyTree = 
                     f"nux_eqx.init: every leaf of `cond` needs the same leading batch axis as x "
                     f"({n}); got a leaf of shape {jnp.shape(leaf)}."
                 )
-    new, _ = flow.init_and_push(x_batch, key=key, cond=cond)
+        _check_cond_examples("nux_eqx.init", "cond", cond)
+    with set_flag(_KEEP_INITIALISED, bool(keep_initialised)):
+        new, _ = flow.init_and_push(x_batch, key=key, cond=cond)
     return new
 
 
@@ -597,7 +706,9 @@ def sample(
     - `flow`: an initialised flow ending in a prior.
     - `key`: a PRNG key.
     - `cond`: conditioning, as for `__call__`.
-    - `temperature`: scales the priors' noise (`z = temperature * eps` for Gaussians).
+    - `temperature`: scales the priors' noise (`z = temperature * eps` for Gaussians); a
+      finite number `>= 0` (`0` gives the priors' modes). A negative or non-finite value
+      raises a `ValueError` (an `eqx.error_if` error when it is traced).
 
     **Returns:**
 
@@ -606,4 +717,20 @@ def sample(
     """
     if not flow.is_initialised:
         _check_input(flow, jnp.zeros(()), False)
+    _check_key("nux_eqx.sample", key)
+    temperature = _check_temperature(temperature)
     return flow.sample_and_log_prob(key, cond=cond, temperature=temperature)
+
+
+def _check_temperature(temperature: Any) -> Any:
+    message = "nux_eqx.sample: `temperature` must be a finite number >= 0 (1 samples the model itself)"
+    if isinstance(temperature, jax.core.Tracer):
+        bad = ~(jnp.isfinite(temperature) & (temperature >= 0))
+        return eqx.error_if(temperature, jnp.any(bad), message + ".")
+    try:
+        t = np.asarray(temperature, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{message}; got {type(temperature).__name__}.") from e
+    if t.shape != () or not (np.isfinite(t) and t >= 0):
+        raise ValueError(f"{message}; got {temperature!r}.")
+    return temperature

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped
 
-from ._flow import AbstractFlow, ShapeError, capturing, child_scope, with_shapes
+from ._flow import _KEEP_INITIALISED, AbstractFlow, ShapeError, capturing, child_scope, with_shapes
 from .nn._nets import loop_body
 
 
@@ -166,10 +166,11 @@ class Repeat(AbstractFlow):
 
     def init_and_push(self, x_batch, *, key, cond=None):
         template = self._block(0) if self.is_initialised else self.block
+        kept = self.is_initialised and _KEEP_INITIALISED.get()  # init(..., keep_initialised=True)
         keys = jr.split(key, self.n)
         z, blocks = x_batch, []
         for i, k in enumerate(keys):
-            b, z_next = template.init_and_push(z, key=k, cond=cond)
+            b, z_next = (self._block(i) if kept else template).init_and_push(z, key=k, cond=cond)
             if z_next.shape != z.shape or z_next.dtype != z.dtype:
                 raise ShapeError(
                     f"Repeat needs a block that preserves shape and dtype (it scans the blocks); "

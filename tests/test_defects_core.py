@@ -79,3 +79,193 @@ def test_flow_with_custom_init_survives_tree_round_trips():
     assert jnp.allclose(z, 2.0)
     zs, _ = eqx.filter_vmap(flow)(jnp.ones((3, 2)))
     assert zs.shape == (3, 2)
+
+
+# ---- 2. init refuses data with no examples, NaN or inf (eagerly) ----------------------------
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [(lambda: nux.Sequential(nux.ActNorm(), nux.UnitGaussianPrior()), (7, 3)), (nux.ActNorm, (5, 4, 4, 2))],
+)
+@pytest.mark.parametrize("value", [jnp.nan, jnp.inf, -jnp.inf])
+def test_init_refuses_non_finite_data(make, shape, value):
+    x = jr.normal(jr.key(0), shape)
+    where = (4,) + (1,) * (len(shape) - 1)
+    bad = x.at[where].set(value).at[(6 % shape[0],) + (0,) * (len(shape) - 1)].set(value)
+    msg = rf"nux_eqx.init: `x_batch` holds 2 non-finite values.*example {min(4, 6 % shape[0])}: {value}"
+    with pytest.raises(ValueError, match=msg):
+        nux.init(make(), bad, key=jr.key(1))
+    with pytest.raises(ValueError, match="holds no examples"):
+        nux.init(make(), x[:0], key=jr.key(1))
+    # under tracing the values are unknown: init traces (the docstring says so)
+    skeleton = eqx.filter_eval_shape(nux.init, make(), bad, key=jr.key(1))
+    assert skeleton.is_initialised
+
+
+def test_init_refuses_non_finite_cond():
+    x = jr.normal(jr.key(0), (6, 4))
+    cond = {"c": jr.normal(jr.key(1), (6, 2)).at[3, 1].set(jnp.nan)}
+    with pytest.raises(ValueError, match=r"`cond\['c'\]` holds 1 non-finite.*example 3: nan"):
+        nux.init(nux.ConditionedCoupling(hidden_layer_sizes=(8,)), x, key=jr.key(2), cond=cond)
+
+
+def test_fit_shares_the_data_check():
+    from nux_eqx.train import fit
+
+    x = jr.normal(jr.key(0), (16, 3)).at[9, 2].set(jnp.inf)
+    with pytest.raises(ValueError, match=r"fit: `data` holds 1 non-finite.*example 9: inf at index \(2,\)"):
+        fit(nux.Sequential(nux.ActNorm(), nux.UnitGaussianPrior()), x, key=jr.key(0), steps=1, batch_size=4)
+
+
+# ---- 3. a layer declared bijective must keep the number of elements ------------------------
+
+
+class _Doubling(nux.AbstractFlow):
+    """Declared bijective, but its output has twice as many elements as its input."""
+
+    layer_kind = "bijective"
+
+    def transform(self, x: Array, reverse: bool, *, key, cond):
+        if reverse:
+            return x[: x.shape[0] // 2], jnp.zeros(())
+        return jnp.concatenate([x, x]), jnp.zeros(())
+
+
+class _Dropping(nux.AbstractFlow):
+    layer_kind = "bijective"
+
+    def transform(self, x: Array, reverse: bool, *, key, cond):
+        return x[..., :-1], jnp.zeros(())
+
+
+@pytest.mark.parametrize(
+    "layer, shape, got",
+    [
+        (_Doubling(), (5, 3), r"\(3,\) \(3 elements\) to an output of shape \(6,\) \(6 elements\)"),
+        (_Dropping(), (5, 2, 4), r"\(2, 4\) \(8 elements\) to an output of shape \(2, 3\) \(6 elements\)"),
+    ],
+)
+def test_init_refuses_bijection_that_changes_size(layer, shape, got):
+    flow = nux.Sequential(nux.ActNorm(), layer, nux.UnitGaussianPrior())
+    name = type(layer).__name__
+    with pytest.raises(nux.ShapeError, match=rf"^{name} is declared bijective.*{got}"):
+        nux.init(flow, jr.normal(jr.key(0), shape), key=jr.key(1))
+
+
+# ---- 4. a key that is not one PRNG key gets the framework's message -------------------------
+
+
+@pytest.fixture(scope="module")
+def small_flow():
+    x = jr.normal(jr.key(1), (8, 3))
+    return nux.init(nux.Sequential(nux.ActNorm(), nux.UnitGaussianPrior()), x, key=jr.key(2))
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, "seed", jnp.zeros(3)])
+def test_bad_key_gets_framework_message(small_flow, bad):
+    x = jnp.zeros(3)
+    msg = r"`key` must be one PRNG key, such as `jax.random.key\(0\)`"
+    with pytest.raises(TypeError, match="^Sequential: " + msg):
+        small_flow(x, key=bad)
+    with pytest.raises(TypeError, match="^nux_eqx.sample: " + msg):
+        nux.sample(small_flow, bad)
+    with pytest.raises(TypeError, match="^nux_eqx.init: " + msg):
+        nux.init(nux.ActNorm(), jnp.ones((4, 3)), key=bad)
+    with pytest.raises(TypeError, match="^UniformDequantization: " + msg):
+        nux.init(nux.UniformDequantization(scale=4.0), jnp.ones((4, 3)), key=jr.key(0))(x, key=bad)
+
+
+def test_batch_of_keys_says_split_per_example(small_flow):
+    keys = jr.split(jr.key(0), 4)
+    with pytest.raises(TypeError, match=r"got an array of 4 keys.*"):
+        small_flow(jnp.zeros(3), key=keys)
+    with pytest.raises(TypeError, match=r"split one key per example under jax.vmap"):
+        jax.jit(lambda k: small_flow(jnp.zeros(3), key=k))(keys)
+    # one key, typed or raw, is fine, also per example under vmap
+    small_flow(jnp.zeros(3), key=jr.PRNGKey(0))
+    jax.vmap(lambda k: nux.sample(small_flow, k))(keys)
+
+
+# ---- 5. temperature -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("t", [-1.0, -1e-3, float("nan"), float("inf"), -float("inf")])
+def test_sample_refuses_bad_temperature(small_flow, t):
+    with pytest.raises(ValueError, match="`temperature` must be a finite number >= 0"):
+        nux.sample(small_flow, jr.key(0), temperature=t)
+    with pytest.raises(Exception, match="`temperature` must be a finite number >= 0"):
+        eqx.filter_jit(lambda t: nux.sample(small_flow, jr.key(0), temperature=t))(jnp.asarray(t))
+
+
+def test_sample_zero_temperature_is_the_mode(small_flow):
+    x, _ = nux.sample(small_flow, jr.key(0), temperature=0.0)
+    z, _ = small_flow(x)
+    assert jnp.allclose(z, 0.0, atol=1e-5)
+
+
+# ---- 6. NuX's ChainRule(2, factor=True) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [dict(factor=True), dict(factor=False), {}])
+def test_nux_chain_rule_spelling_points_to_multi_scale(kwargs):
+    with pytest.raises(TypeError, match=r"split-prior container.*multi_scale.*Factored"):
+        nux.ChainRule(2, **kwargs)
+    with pytest.raises(TypeError, match=r"split-prior container"):
+        nux.ChainRule(nux.Identity(), **kwargs)
+
+
+# ---- 7. init only the layers that are not initialised yet ------------------------------------
+
+
+def test_keep_initialised_after_swapping_the_prior():
+    import optax
+
+    small = dict(hidden_layer_sizes=(8,))
+    x = 2.0 + 3.0 * jr.normal(jr.key(0), (64, 4))
+    flow = nux.init(
+        nux.Sequential(
+            nux.ActNorm(),
+            nux.Repeat(nux.Sequential(nux.Coupling(**small), nux.Reverse()), 2),
+            nux.UnitGaussianPrior(),
+        ),
+        x,
+        key=jr.key(1),
+    )
+    params, static = eqx.partition(flow, eqx.is_inexact_array)
+    opt = optax.adam(1e-2)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state):
+        loss = lambda p: -jnp.mean(jax.vmap(eqx.combine(p, static))(x)[1])  # noqa: E731
+        g = jax.grad(loss)(params)
+        updates, state = opt.update(g, state)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(3):
+        params, state = step(params, state)
+    trained = eqx.combine(params, static)
+    # swap the prior for a new, uninitialised, data-dependent head
+    swapped = eqx.tree_at(
+        lambda f: f.layers[-1], trained, nux.Sequential(nux.ActNorm(), nux.DiagGaussianPrior())
+    )
+    new = nux.init(swapped, x, key=jr.key(5), keep_initialised=True)
+
+    for a, b in zip(jax.tree.leaves(trained.layers[:-1]), jax.tree.leaves(new.layers[:-1])):
+        assert a.dtype == b.dtype and jnp.array_equal(a, b)  # bit-identical
+    head = new.layers[-1]
+    assert head.is_initialised and head.layers[0].is_initialised
+    # the new ActNorm saw the batch as it arrives after the TRAINED layers
+    h = jax.vmap(lambda v: trained.layers[1](trained.layers[0](v)[0])[0])(x)
+    z = jax.vmap(lambda v: head.layers[0](v)[0])(h)
+    assert jnp.allclose(z.mean(0), 0.0, atol=1e-4) and jnp.allclose(z.std(0), 1.0, atol=1e-3)
+    assert jnp.all(jnp.isfinite(jax.vmap(lambda v: nux.log_prob(new, v))(x)))
+    # without the keyword every layer is re-initialised
+    fresh = nux.init(swapped, x, key=jr.key(5))
+    assert not jnp.array_equal(fresh.layers[0].b, trained.layers[0].b)
+    # a kept layer must get the shape it was initialised for
+    with pytest.raises(
+        nux.ShapeError, match="keep_initialised=True.*ActNorm is initialised for inputs of shape"
+    ):
+        nux.init(swapped, jnp.ones((4, 5)), key=jr.key(5), keep_initialised=True)

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from .._flow import AbstractFlow, ShapeError, init, trainable
+from .._flow import AbstractFlow, ShapeError, _check_examples, init, trainable
 from .._serialise import CheckpointError, save
 from ._checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 from ._jit import LeanJit
@@ -48,17 +48,8 @@ def _as_data(name: str, x: Any) -> np.ndarray:
             f"fit: `{name}` needs a leading example axis, shape (n, ...), got shape {x.shape}; "
             "for 1-D data use `x[:, None]`."
         )
-    if x.shape[0] == 0:
-        raise ValueError(f"fit: `{name}` holds no examples (shape {x.shape}).")
+    _check_examples("fit", name, x)  # no examples, NaN or inf: the same check as `init`
     dtype = jnp.dtype(jnp.result_type(float))  # float32 unless x64 is enabled
-    if np.issubdtype(x.dtype, np.floating):
-        bad = ~np.isfinite(x)
-        if bad.any():
-            first = int(np.argwhere(bad.reshape(len(x), -1).any(1))[0, 0])
-            raise ValueError(
-                f"fit: `{name}` holds {int(bad.sum())} non-finite values (NaN or inf), the first in "
-                f"example {first}; remove or impute them before training."
-            )
     return x.astype(dtype)
 
 
@@ -66,7 +57,7 @@ def _as_cond(name: str, cond: PyTree, n: int) -> PyTree:
     if cond is None:
         return None
 
-    def conv(leaf):
+    def conv(path, leaf):
         a = np.asarray(leaf)
         if a.ndim < 1 or a.shape[0] != n:
             raise ShapeError(
@@ -74,12 +65,11 @@ def _as_cond(name: str, cond: PyTree, n: int) -> PyTree:
                 f"shape {a.shape}."
             )
         if np.issubdtype(a.dtype, np.floating):
-            if not np.isfinite(a).all():
-                raise ValueError(f"fit: `{name}` holds non-finite values (NaN or inf).")
+            _check_examples("fit", f"{name}{jax.tree_util.keystr(path)}", a)
             a = a.astype(jnp.dtype(jnp.result_type(float)))
         return a
 
-    return jax.tree.map(conv, cond)
+    return jax.tree_util.tree_map_with_path(conv, cond)
 
 
 def _take(cond: PyTree, idx: np.ndarray) -> PyTree:
