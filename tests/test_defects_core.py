@@ -172,6 +172,8 @@ def test_bad_key_gets_framework_message(small_flow, bad):
         nux.sample(small_flow, bad)
     with pytest.raises(TypeError, match="^nux_eqx.init: " + msg):
         nux.init(nux.ActNorm(), jnp.ones((4, 3)), key=bad)
+    with pytest.raises(TypeError, match="^fit: " + msg):
+        nux.train.fit(nux.ActNorm(), jnp.ones((4, 3)), key=bad, steps=1, batch_size=2)
     with pytest.raises(TypeError, match="^UniformDequantization: " + msg):
         nux.init(nux.UniformDequantization(scale=4.0), jnp.ones((4, 3)), key=jr.key(0))(x, key=bad)
 

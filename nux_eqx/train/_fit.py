@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from .._flow import AbstractFlow, ShapeError, _check_examples, init, trainable
+from .._flow import AbstractFlow, ShapeError, _check_examples, _check_key, init, trainable
 from .._serialise import CheckpointError, save
 from ._checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 from ._jit import LeanJit
@@ -327,6 +327,7 @@ def fit(
         if valid is None and len(data.valid) > 0:
             valid = data.valid
         data = data.train
+    _check_key("fit", key, batch_hint=False)
     x = _as_data("data", data)
     n, shape = x.shape[0], tuple(x.shape[1:])
     cond = _as_cond("cond", cond, n)
