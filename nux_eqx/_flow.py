@@ -404,7 +404,7 @@ class AbstractFlow(eqx.Module):
         """
         hook_key, push_key = jr.split(key)
         in_shape = tuple(x_batch.shape[1:])
-        if _KEEP_INITIALISED.get() and self.is_initialised:
+        if _ONLY_UNINITIALISED.get() and self.is_initialised:
             _check_kept_shape(self, in_shape)
             return self, push(self, x_batch, key=push_key, cond=cond)
         filled = self.init(x_batch, key=hook_key, cond=cond)
@@ -443,15 +443,15 @@ class AbstractFlow(eqx.Module):
         )
 
 
-_KEEP_INITIALISED: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "nux_eqx_keep_initialised", default=False
+_ONLY_UNINITIALISED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "nux_eqx_only_uninitialised", default=False
 )
 
 
 def _check_kept_shape(flow: AbstractFlow, in_shape: tuple[int, ...]) -> None:
     if tuple(in_shape) != flow.in_shape:
         raise ShapeError(
-            f"nux_eqx.init(..., keep_initialised=True): {type(flow).__name__} is initialised for "
+            f"nux_eqx.init(..., only_uninitialised=True): {type(flow).__name__} is initialised for "
             f"inputs of shape {_fmt(flow.in_shape)} but now receives {_fmt(tuple(in_shape))}; "
             "re-initialise it (replace it with a fresh layer) or give data of the shape it was "
             "initialised on."
@@ -597,7 +597,7 @@ def init(
     *,
     key: PRNGKeyArray,
     cond: PyTree = None,
-    keep_initialised: bool = False,
+    only_uninitialised: bool = False,
 ) -> AbstractFlow:
     """Materialise a flow's shapes and parameters from one batch of data.
 
@@ -620,15 +620,15 @@ def init(
       traced data yourself.
     - `key`: a PRNG key for random initialisation (and stochastic layers).
     - `cond`: batched conditioning (leading batch axis on every leaf), or `None`.
-    - `keep_initialised`: if `True`, layers that are already initialised keep their
+    - `only_uninitialised`: if `True`, layers that are already initialised keep their
       parameters (bit for bit) and only the others are initialised, each on the batch as
       it arrives there after the kept layers. Use it after tree surgery, e.g. a new prior
       swapped into a trained flow with `eqx.tree_at`:
 
-        ```python
-        flow = eqx.tree_at(lambda f: f.layers[-1], trained, nux_eqx.GMMPrior(10))
-        flow = nux_eqx.init(flow, x_batch, key=key, keep_initialised=True)
-        ```
+      ```python
+      flow = eqx.tree_at(lambda f: f.layers[-1], trained, nux_eqx.DiagGaussianPrior())
+      flow = nux_eqx.init(flow, x_batch, key=key, only_uninitialised=True)
+      ```
 
       A kept layer must receive inputs of the shape it was initialised for. The default
       `False` re-initialises every layer.
@@ -669,7 +669,7 @@ def init(
                     f"({n}); got a leaf of shape {jnp.shape(leaf)}."
                 )
         _check_cond_examples("nux_eqx.init", "cond", cond)
-    with set_flag(_KEEP_INITIALISED, bool(keep_initialised)):
+    with set_flag(_ONLY_UNINITIALISED, bool(only_uninitialised)):
         new, _ = flow.init_and_push(x_batch, key=key, cond=cond)
     return new
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped
 
-from ._flow import _KEEP_INITIALISED, AbstractFlow, ShapeError, capturing, child_scope, with_shapes
+from ._flow import _ONLY_UNINITIALISED, AbstractFlow, ShapeError, capturing, child_scope, with_shapes
 from .nn._nets import loop_body
 
 
@@ -166,7 +166,7 @@ class Repeat(AbstractFlow):
 
     def init_and_push(self, x_batch, *, key, cond=None):
         template = self._block(0) if self.is_initialised else self.block
-        kept = self.is_initialised and _KEEP_INITIALISED.get()  # init(..., keep_initialised=True)
+        kept = self.is_initialised and _ONLY_UNINITIALISED.get()  # init(..., only_uninitialised=True)
         keys = jr.split(key, self.n)
         z, blocks = x_batch, []
         for i, k in enumerate(keys):

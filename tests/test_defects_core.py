@@ -220,7 +220,7 @@ def test_nux_chain_rule_spelling_points_to_multi_scale(kwargs):
 # ---- 7. init only the layers that are not initialised yet ------------------------------------
 
 
-def test_keep_initialised_after_swapping_the_prior():
+def test_only_uninitialised_after_swapping_the_prior():
     import optax
 
     small = dict(hidden_layer_sizes=(8,))
@@ -252,7 +252,7 @@ def test_keep_initialised_after_swapping_the_prior():
     swapped = eqx.tree_at(
         lambda f: f.layers[-1], trained, nux.Sequential(nux.ActNorm(), nux.DiagGaussianPrior())
     )
-    new = nux.init(swapped, x, key=jr.key(5), keep_initialised=True)
+    new = nux.init(swapped, x, key=jr.key(5), only_uninitialised=True)
 
     for a, b in zip(jax.tree.leaves(trained.layers[:-1]), jax.tree.leaves(new.layers[:-1])):
         assert a.dtype == b.dtype and jnp.array_equal(a, b)  # bit-identical
@@ -268,6 +268,6 @@ def test_keep_initialised_after_swapping_the_prior():
     assert not jnp.array_equal(fresh.layers[0].b, trained.layers[0].b)
     # a kept layer must get the shape it was initialised for
     with pytest.raises(
-        nux.ShapeError, match="keep_initialised=True.*ActNorm is initialised for inputs of shape"
+        nux.ShapeError, match="only_uninitialised=True.*ActNorm is initialised for inputs of shape"
     ):
-        nux.init(swapped, jnp.ones((4, 5)), key=jr.key(5), keep_initialised=True)
+        nux.init(swapped, jnp.ones((4, 5)), key=jr.key(5), only_uninitialised=True)
