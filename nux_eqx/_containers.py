@@ -337,6 +337,10 @@ class ChainRule(AbstractFlow):
     conditional prior such as `ConditionalGaussianPrior` can score the factored-out half
     given the rest. The output is the concatenation of both outputs.
 
+    NuX's pair of layers `ChainRule(2, factor=True)` ... `ChainRule(2, factor=False)` (split,
+    then merge) is not this container and raises a `TypeError`: write NuX's factor pattern
+    with [`nux_eqx.multi_scale`][] or [`nux_eqx.Factored`][].
+
     **Arguments:**
 
     - `first`: the flow on `x_a`.
