@@ -503,7 +503,11 @@ def cmd_eval(args) -> int:
 
     config, split, flow = _load_run(args.run)
     key = jax.random.fold_in(jax.random.key(config["seed"]), 12345)
-    out = {"test": _evaluate(flow, split.test, split, key), "valid": _evaluate(flow, split.valid, split, key)}
+    b = args.batch_size
+    out = {
+        "test": _evaluate(flow, split.test, split, key, batch=b),
+        "valid": _evaluate(flow, split.valid, split, key, batch=b),
+    }
     print(json.dumps(out, indent=2))
     return 0
 
@@ -624,6 +628,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the test and validation NLL (and bits/dim for images) of a saved run as JSON.",
     )
     e.add_argument("run", help="the run folder written by `nux-eqx train`")
+    e.add_argument(
+        "--batch-size",
+        type=int,
+        default=512,
+        help="examples per evaluation call; lower it to save memory (default 512)",
+    )
     e.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser(

@@ -69,6 +69,7 @@ def test_missing_optional_dataset(tmp_path, capsys, monkeypatch):
         (["train", "--checkpoint-every", "-3"], "--checkpoint-every"),
         (["train", "--steps", "ten"], "--steps"),
         (["train", "--resume", "--steps", "-1"], "--steps"),
+        (["eval", "RUN", "--batch-size", "0"], "--batch-size"),
         (["sample", "RUN", "-n", "0"], "-n"),
         (["sample", "RUN", "-n", "-4"], "-n"),
         (["sample", "RUN", "--temperature", "0"], "--temperature"),
