@@ -251,9 +251,11 @@ def cond_features(cond: PyTree, like: tuple[int, ...]) -> Array | None:
     `None`.
 
     **Class labels are left out:** the entry `"label"` of a dict (at any depth, e.g.
-    `cond={"label": y, "c": c}`) belongs to the label-reading priors, so every
-    conditional layer, which reads `cond` through this function, sees only the rest
-    (`c`). To condition layers on the class too, pass it again under another name.
+    `cond={"label": y, "c": c}`) is reserved for the class labels of the label-reading
+    priors ([`nux_eqx.GMMPrior`][]), so every conditional layer, which reads `cond`
+    through this function, sees only the rest (`c`). To condition the layers on the
+    class too, pass it again under another name (e.g. one-hot as `"onehot"`); name other
+    conditioning anything but `"label"`.
     """
     flat, _ = jax.tree_util.tree_flatten_with_path(cond)
     leaves = [jnp.asarray(leaf) for path, leaf in flat if not _is_label(path)]
