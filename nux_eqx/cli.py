@@ -196,8 +196,14 @@ def _read_config(run: str) -> dict:
     path = os.path.join(run, "config.json")
     if not os.path.exists(path):
         raise UserError(f"{run} is not a nux-eqx run folder (no config.json).")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from e
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a nux-eqx run configuration (not a JSON object).")
+    return config
 
 
 def _evaluate(flow, x, split, key, batch=512) -> dict:

@@ -419,3 +419,12 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
         == 0
     )
     assert json.loads(open(os.path.join(out, "metrics.json")).read())["steps"] == done + 3
+
+
+def test_unreadable_config_is_a_user_error(tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    assert run("train", "--out", str(folder), "--resume") == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert run("eval", str(folder)) == 2
