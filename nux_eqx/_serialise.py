@@ -10,7 +10,7 @@ import dataclasses
 import io
 import json
 import os
-import tempfile
+import uuid
 from typing import Any
 
 import equinox as eqx
@@ -81,11 +81,26 @@ def describe_layers(tree: PyTree) -> list[list]:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically: a temporary file in the same folder, fsync, rename."""
+    """Write `data` to `path` atomically: a temporary file in the same folder, fsync, rename.
+
+    The file gets the permissions of any file the user creates (`0o666` less the umask),
+    like `open(path, "wb")` would give it; the temporary file is created with them
+    (`O_CREAT | O_EXCL`, so the kernel applies the umask), never `0o600` as
+    `tempfile.mkstemp` makes it. A crash leaves the previous file or the new one, never a
+    torn one, and the rename is made durable by syncing the folder."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex[:12]}-{os.path.basename(path)}")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"atomic_write: cannot create a temporary file next to {path}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -96,6 +111,16 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    try:  # make the rename itself durable (POSIX; a no-op where folders cannot be opened)
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
 
 
 def save(path: str | os.PathLike, flow: AbstractFlow, *, extra: dict | None = None) -> None:

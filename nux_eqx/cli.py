@@ -6,9 +6,10 @@
     nux-eqx sample runs/digits-glow-seed0 -n 64 --temperature 0.7
     nux-eqx list
 
-User errors (an unknown name, an existing run folder, a resume with another
-configuration, a dataset that is not installed) print one clear line and exit with
-status 2; nothing on disk is overwritten.
+User errors (a bad option value, an unknown name, an existing run folder, a resume with
+another configuration, a dataset that is not installed) print one clear line and exit
+with status 2, before anything is created on disk; nothing on disk is overwritten.
+`main(argv)` returns the exit status (it never raises `SystemExit`).
 """
 
 import argparse
@@ -26,6 +27,28 @@ import numpy as np
 
 class UserError(Exception):
     """A mistake in the command line or the run folder: exit status 2."""
+
+
+_IMPORTED_AT = time.time()
+
+
+def _process_start_time() -> float:
+    """The wall-clock time (epoch seconds) at which this process started.
+
+    Read from `/proc` where there is one (Linux: the start time in clock ticks since
+    boot, against the uptime); elsewhere the time this module was imported, which
+    misses only the interpreter's start."""
+    try:
+        with open("/proc/self/stat") as f:
+            stat = f.read()
+        # the command name (field 2) may hold spaces: count fields after its ')'
+        start_ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        started = time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+        return min(started, _IMPORTED_AT)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return _IMPORTED_AT
 
 
 # --------------------------------------------------------------------------------------
@@ -173,8 +196,14 @@ def _read_config(run: str) -> dict:
     path = os.path.join(run, "config.json")
     if not os.path.exists(path):
         raise UserError(f"{run} is not a nux-eqx run folder (no config.json).")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from e
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a nux-eqx run configuration (not a JSON object).")
+    return config
 
 
 def _evaluate(flow, x, split, key, batch=512) -> dict:
@@ -296,40 +325,78 @@ def _plot_samples(path, flow, split, n, key, temperature):
 # Commands.
 # --------------------------------------------------------------------------------------
 
+# The settings of `train` and their defaults. The parser's own defaults are `None`, so a
+# value that is not None was given on the command line: `--resume` takes every setting
+# that was not given from the run's config.json, and compares the ones that were.
+TRAIN_DEFAULTS = {
+    "data": "digits",
+    "model": "glow",
+    "steps": None,
+    "minutes": 1.5,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "ema": 0.999,
+    "seed": 0,
+    "eval_every": 250,
+    "checkpoint_every": 500,
+}
+# must match when resuming; the budget (--steps / --minutes) and the cadences may change
 COMPARED = ("data", "model", "batch_size", "lr", "ema", "seed")
 
 
-def cmd_train(args) -> int:
-    if not 0.0 <= args.ema < 1.0:
-        raise UserError(f"--ema must be in [0, 1) (0 turns averaging off), got {args.ema}.")
-    run = args.out or os.path.join("runs", f"{args.data}-{args.model}-seed{args.seed}")
-    config = {
-        "data": args.data,
-        "model": args.model,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "ema": args.ema,
-        "seed": args.seed,
-        "steps": args.steps,
-        "minutes": None if args.steps is not None else args.minutes,
-    }
+def _train_settings(args) -> tuple[str, dict]:
+    """The run folder and the settings of `train`: the command line over the run's
+    config.json (with `--resume`) over the defaults. Touches nothing on disk."""
+    given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
+    settings = {**TRAIN_DEFAULTS, **given}
+    run = args.out or os.path.join("runs", f"{settings['data']}-{settings['model']}-seed{settings['seed']}")
     if os.path.exists(run):
         if not args.resume:
             raise UserError(
                 f"run folder {run} already exists; pass --resume to continue it, or --out to train into a new folder."
             )
         old = _read_config(run)
-        diff = [k for k in COMPARED if old.get(k) != config[k]]
-        if diff:
-            k = diff[0]
-            raise UserError(
-                f"cannot resume {run}: it was trained with --{k.replace('_', '-')} {old.get(k)}, this command says "
-                f"{config[k]}; resume with the same settings or train into a new --out folder."
-            )
+        for k in COMPARED:
+            if k in given and k in old and old[k] != given[k]:
+                raise UserError(
+                    f"cannot resume {run}: it was trained with --{k.replace('_', '-')} {old[k]}, this command says "
+                    f"{given[k]}; leave the option out (the run's own value is used), or train into a new --out folder."
+                )
+        settings = {**TRAIN_DEFAULTS, **{k: old[k] for k in TRAIN_DEFAULTS if old.get(k) is not None}}
+        if "steps" in given or "minutes" in given:  # a new budget replaces the old one
+            settings["steps"] = settings["minutes"] = None
+        settings.update(given)
     elif args.resume:
         raise UserError(f"nothing to resume: {run} does not exist.")
-    split = _load_data(args.data, args.seed)
-    flow = _model(args.model, split)  # validate before touching the disk
+    if settings["steps"] is not None:
+        settings["minutes"] = None
+    return run, settings
+
+
+def _remove_if_unused(run: str) -> None:
+    """Undo what a failed `train` created in a new run folder, unless it got a checkpoint."""
+    ckpts = os.path.join(run, "checkpoints")
+    if os.path.isdir(ckpts) and os.listdir(ckpts):
+        return
+    for path in (os.path.join(run, "config.json"),):
+        if os.path.exists(path):
+            os.unlink(path)
+    for folder in (ckpts, run):
+        try:
+            os.rmdir(folder)  # only when empty
+        except OSError:
+            pass
+
+
+def cmd_train(args) -> int:
+    run, s = _train_settings(args)
+    split = _load_data(s["data"], s["seed"])
+    flow = _model(s["model"], split)  # validate before touching the disk
+    if s["batch_size"] > len(split.train):
+        raise UserError(
+            f"--batch-size {s['batch_size']} is larger than the training set of {s['data']} "
+            f"({len(split.train)} examples); use at most {len(split.train)}."
+        )
 
     import jax
     import optax
@@ -337,36 +404,35 @@ def cmd_train(args) -> int:
     import nux_eqx as nux
     from nux_eqx.train import fit
 
+    created = not os.path.exists(run)
     os.makedirs(run, exist_ok=True)
     _write_json(
         os.path.join(run, "config.json"),
-        {**config, "resolved": {"shape": list(split.shape), "levels": split.levels}},
+        {**s, "resolved": {"shape": list(split.shape), "levels": split.levels}},
     )
-    key = jax.random.key(args.seed)
-    steps = args.steps
-    max_seconds = None if args.steps is not None else 60.0 * args.minutes
+    key = jax.random.key(s["seed"])
+    max_seconds = None if s["steps"] is not None else 60.0 * s["minutes"]
     print(
-        f"training {args.model} on {args.data} ({split.shape}, {len(split.train)} train / {len(split.valid)} valid / "
+        f"training {s['model']} on {s['data']} ({split.shape}, {len(split.train)} train / {len(split.valid)} valid / "
         f"{len(split.test)} test) -> {run}"
     )
-    t0 = time.perf_counter()
     try:
         flow, history = fit(
             flow,
             split.train,
             key=key,
-            steps=steps,
-            batch_size=args.batch_size,
+            steps=s["steps"],
+            batch_size=s["batch_size"],
             # halving the rate every 1500 steps: 2.118 vs 2.131 test bits/dim on digits at 5000 steps
-            optimizer=optax.adam(optax.exponential_decay(args.lr, 1500, 0.5)),
+            optimizer=optax.adam(optax.exponential_decay(s["lr"], 1500, 0.5)),
             valid=split.valid,
-            eval_every=args.eval_every,
+            eval_every=s["eval_every"],
             clip_norm=5.0,
             checkpoint_dir=os.path.join(run, "checkpoints"),
-            checkpoint_every=args.checkpoint_every,
+            checkpoint_every=s["checkpoint_every"],
             resume=args.resume,
             init_batches=8,
-            ema=args.ema or None,
+            ema=s["ema"] or None,
             max_seconds=max_seconds,
             progress=not args.quiet,
         )
@@ -376,7 +442,10 @@ def cmd_train(args) -> int:
             file=sys.stderr,
         )
         return 130
-    wall = time.perf_counter() - t0
+    except Exception:
+        if created:
+            _remove_if_unused(run)
+        raise
     k_eval = jax.random.fold_in(key, 12345)
     metrics = {
         "train": _evaluate(flow, split.train[: min(len(split.train), 5000)], split, k_eval),
@@ -387,11 +456,10 @@ def cmd_train(args) -> int:
         "stop_reason": history.get("stop_reason"),
         "steps_per_second": history["steps"] / max(history["wall_time"], 1e-9),
         "train_wall_time_s": history["wall_time"],
-        "command_wall_time_s": wall,
+        "command_wall_time_s": None,  # set last, after the pictures
         "parameters": int(sum(p.size for p in jax.tree.leaves(nux.trainable(flow)[0]))),
         "versions": _versions(),
     }
-    _write_json(os.path.join(run, "metrics.json"), metrics)
     _write_json(os.path.join(run, "history.json"), history)
     _plot_losses(os.path.join(run, "loss.png"), history, split)
     _plot_samples(
@@ -402,6 +470,10 @@ def cmd_train(args) -> int:
         jax.random.fold_in(key, 7),
         0.8 if _kind(split) == "image" else 1.0,
     )
+    # the whole command: from the process start (see `main`), data, init, training,
+    # evaluation and pictures included
+    metrics["command_wall_time_s"] = time.time() - args.started_at
+    _write_json(os.path.join(run, "metrics.json"), metrics)
     t = metrics["test"]
     print(
         f"test NLL {t['nll']:.4f} nats"
@@ -437,7 +509,11 @@ def cmd_eval(args) -> int:
 
     config, split, flow = _load_run(args.run)
     key = jax.random.fold_in(jax.random.key(config["seed"]), 12345)
-    out = {"test": _evaluate(flow, split.test, split, key), "valid": _evaluate(flow, split.valid, split, key)}
+    b = args.batch_size
+    out = {
+        "test": _evaluate(flow, split.test, split, key, batch=b),
+        "valid": _evaluate(flow, split.valid, split, key, batch=b),
+    }
     print(json.dumps(out, indent=2))
     return 0
 
@@ -447,6 +523,9 @@ def cmd_sample(args) -> int:
 
     config, split, flow = _load_run(args.run)
     out = args.output or os.path.join(args.run, f"samples-t{args.temperature:g}.png")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise UserError(f"cannot write {out}: the folder {folder} does not exist.")
     _plot_samples(out, flow, split, args.n, jax.random.key(args.seed), args.temperature)
     print(f"wrote {out}")
     return 0
@@ -464,52 +543,143 @@ def cmd_list(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="nux-eqx", description="Train, evaluate and sample normalizing flows (nux_eqx)."
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors are one line (no usage dump), exit status 2."""
 
-    t = sub.add_parser("train", help="train a model on a bundled dataset")
-    t.add_argument("--data", default="digits", help="dataset name (default digits; see `nux-eqx list`)")
-    t.add_argument("--model", default="glow", help="model name (default glow; see `nux-eqx list`)")
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(v) -> bool:
+    return v >= 1
+
+
+def _positive_float(v) -> bool:
+    return math.isfinite(v) and v > 0
+
+
+# option -> (test, what it must be); checked on the values given on the command line
+_RULES = {
+    "steps": (_positive_int, "a positive number of steps"),
+    "minutes": (_positive_float, "a positive finite number of minutes"),
+    "batch_size": (_positive_int, "a positive integer"),
+    "lr": (_positive_float, "a positive finite learning rate"),
+    "ema": (lambda v: 0.0 <= v < 1.0, "in [0, 1) (0 turns averaging off)"),
+    "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "eval_every": (_positive_int, "a positive number of steps"),
+    "checkpoint_every": (_positive_int, "a positive number of steps"),
+    "n": (_positive_int, "a positive number of samples"),
+    "temperature": (_positive_float, "a positive finite temperature (1: the model itself)"),
+}
+
+
+def _validate(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse bad option values with one line, before anything is read or written."""
+    for name, (ok, what) in _RULES.items():
+        v = getattr(args, name, None)
+        if v is not None and not ok(v):
+            flag = "-n" if name == "n" else "--" + name.replace("_", "-")
+            getattr(parser, "commands", {}).get(args.command, parser).error(
+                f"{flag} must be {what}, got {v}."
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nux-eqx", description="Train, evaluate and sample normalizing flows (nux_eqx).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    D = TRAIN_DEFAULTS
+
+    t = sub.add_parser(
+        "train",
+        help="train a model on a bundled dataset",
+        description="Train a model on a bundled dataset into a run folder. With --resume, the options "
+        "left out are the run's own (from its config.json); the ones given must match, except the "
+        "budget (--steps / --minutes) and --eval-every / --checkpoint-every.",
+    )
+    t.add_argument("--data", help=f"dataset name, see `nux-eqx list` (default {D['data']})")
+    t.add_argument("--model", help=f"model name, see `nux-eqx list` (default {D['model']})")
     budget = t.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, default=None, help="train this many steps")
-    budget.add_argument("--minutes", type=float, default=1.5, help="train this long (default 1.5)")
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3)
+    budget.add_argument("--steps", type=int, help="train this many steps in all (default: use --minutes)")
+    budget.add_argument(
+        "--minutes", type=float, help=f"train this long, when --steps is not given (default {D['minutes']:g})"
+    )
+    t.add_argument("--batch-size", type=int, help=f"examples per step (default {D['batch_size']})")
+    t.add_argument(
+        "--lr", type=float, help=f"Adam learning rate, halved every 1500 steps (default {D['lr']:g})"
+    )
     t.add_argument(
         "--ema",
         type=float,
-        default=0.999,
-        help="evaluate and keep a moving average of the parameters with this decay (default 0.999; 0: off)",
+        help=f"keep and evaluate a moving average of the parameters with this decay; 0: off (default {D['ema']:g})",
     )
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default=None, help="run folder (default runs/DATA-MODEL-seedS)")
-    t.add_argument("--resume", action="store_true", help="continue the run in the folder")
-    t.add_argument("--eval-every", type=int, default=250)
-    t.add_argument("--checkpoint-every", type=int, default=500)
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--seed", type=int, help=f"seed of the init, the batches and the split (default {D['seed']})"
+    )
+    t.add_argument("--out", default=None, help="run folder (default runs/DATA-MODEL-seedSEED)")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the run folder, with its own settings (default off: a new run, into a new folder)",
+    )
+    t.add_argument("--eval-every", type=int, help=f"steps between validations (default {D['eval_every']})")
+    t.add_argument(
+        "--checkpoint-every", type=int, help=f"steps between checkpoints (default {D['checkpoint_every']})"
+    )
+    t.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("eval", help="test NLL and bits/dim of a saved run")
-    e.add_argument("run")
+    e = sub.add_parser(
+        "eval",
+        help="test NLL and bits/dim of a saved run",
+        description="Print the test and validation NLL (and bits/dim for images) of a saved run as JSON.",
+    )
+    e.add_argument("run", help="the run folder written by `nux-eqx train`")
+    e.add_argument(
+        "--batch-size",
+        type=int,
+        default=512,
+        help="examples per evaluation call; lower it to save memory (default 512)",
+    )
     e.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("sample", help="draw samples of a saved run into a PNG")
-    s.add_argument("run")
-    s.add_argument("-n", type=int, default=64)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--output", default=None)
+    s = sub.add_parser(
+        "sample",
+        help="draw samples of a saved run into a PNG",
+        description="Draw samples of a saved run into a PNG.",
+    )
+    s.add_argument("run", help="the run folder written by `nux-eqx train`")
+    s.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    s.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="scale of the prior's noise, > 0; below 1 draws typical samples (default 1)",
+    )
+    s.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
+    s.add_argument("--output", default=None, help="the PNG to write (default RUN/samples-tTEMPERATURE.png)")
     s.set_defaults(fn=cmd_sample)
+    p.commands = {"train": t, "eval": e, "sample": s}  # for the errors of `_validate`
 
-    sub.add_parser("list", help="datasets and models").set_defaults(fn=cmd_list)
+    sub.add_parser(
+        "list", help="datasets and models", description="List the datasets and models."
+    ).set_defaults(fn=cmd_list)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command; return its exit status (0 done, 2 a user error, 130 interrupted).
+
+    `command_wall_time_s` counts from the process start when the command line is the
+    process's own (`argv=None`, as the `nux-eqx` script and `python -m nux_eqx.cli` call
+    it), and from this call when `argv` is given."""
+    started_at = _process_start_time() if argv is None else time.time()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        _validate(parser, args)
+    except SystemExit as e:  # --help, or a bad command line (already printed)
+        return 0 if e.code is None else e.code if isinstance(e.code, int) else 2
+    args.started_at = started_at
     try:
         return args.fn(args)
     except UserError as e:

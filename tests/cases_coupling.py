@@ -14,7 +14,7 @@ def _cond_vector(key):
 
 def _cond_pytree(key):
     k1, k2 = jr.split(key)
-    return {"map": jr.normal(k1, (BATCH, 4, 4, 1)), "label": jr.normal(k2, (BATCH, 2))}
+    return {"map": jr.normal(k1, (BATCH, 4, 4, 1)), "vec": jr.normal(k2, (BATCH, 2))}
 
 
 def _glow_block():

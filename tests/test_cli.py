@@ -1,7 +1,12 @@
 """The `nux-eqx` command: errors exit with status 2 and never touch the disk; a tiny run works."""
 
 import json
+import math
 import os
+import stat
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -48,7 +53,243 @@ def test_missing_optional_dataset(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["train", "--steps", "-5"], "--steps"),
+        (["train", "--steps", "0"], "--steps"),
+        (["train", "--minutes", "0"], "--minutes"),
+        (["train", "--minutes", "nan"], "--minutes"),
+        (["train", "--batch-size", "0"], "--batch-size"),
+        (["train", "--lr", "-0.001"], "--lr"),
+        (["train", "--lr", "inf"], "--lr"),
+        (["train", "--ema", "-0.5"], "--ema"),
+        (["train", "--seed", "-1"], "--seed"),
+        (["train", "--eval-every", "0"], "--eval-every"),
+        (["train", "--checkpoint-every", "-3"], "--checkpoint-every"),
+        (["train", "--steps", "ten"], "--steps"),
+        (["train", "--resume", "--steps", "-1"], "--steps"),
+        (["eval", "RUN", "--batch-size", "0"], "--batch-size"),
+        (["sample", "RUN", "-n", "0"], "-n"),
+        (["sample", "RUN", "-n", "-4"], "-n"),
+        (["sample", "RUN", "--temperature", "0"], "--temperature"),
+        (["sample", "RUN", "--temperature", "-0.7"], "--temperature"),
+        (["sample", "RUN", "--temperature", "nan"], "--temperature"),
+        (["sample", "RUN", "--temperature", "inf"], "--temperature"),
+    ],
+)
+def test_bad_option_values_exit_2_before_touching_the_disk(tmp_path, capsys, monkeypatch, argv, option):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    argv = [str(out) if a == "RUN" else a for a in argv]
+    if argv[0] == "train":
+        argv += ["--out", str(out)]
+    assert run(*argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0] and "error" in lines[0], err
+    assert "Traceback" not in err
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_bad_option_value_from_the_shell_is_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.run(
+        [sys.executable, "-m", "nux_eqx.cli", "train", "--steps", "-5", "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "--steps" in p.stderr and "Traceback" not in p.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_batch_larger_than_the_data_is_refused_before_the_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--data", "8gaussians", "--model", "realnvp", "--batch-size", "100000000"]
+    assert run(*argv, "--out", str(out)) == 2
+    assert "--batch-size 100000000 is larger than the training set" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_failed_new_run_leaves_no_folder_behind(tmp_path, monkeypatch):
+    import nux_eqx.train
+
+    def broken(*a, **kw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(nux_eqx.train, "fit", broken)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="boom"):
+        run(
+            "train",
+            "--data",
+            "8gaussians",
+            "--model",
+            "realnvp",
+            "--steps",
+            "2",
+            "--quiet",
+            "--out",
+            str(out),
+        )
+    assert not out.exists()  # the next attempt is not blocked by a half-made folder
+
+
+def test_every_option_has_help_with_its_default():
+    parser = cli.build_parser()
+    for name in ("train", "eval", "sample"):
+        sub = parser.commands[name]
+        for action in sub._actions:
+            if "-h" in action.option_strings:
+                continue
+            assert action.help, (name, action.dest)
+            assert "\n" not in action.help
+            if action.option_strings:
+                assert "default" in action.help, (name, action.dest, action.help)
+        sub.format_help()  # renders
+
+
+def _settings(argv):
+    parser = cli.build_parser()
+    args = parser.parse_args(argv)
+    return cli._train_settings(args)
+
+
+def test_resume_takes_the_runs_own_settings(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    saved = {
+        "data": "8gaussians",
+        "model": "nsf",
+        "batch_size": 32,
+        "lr": 0.003,
+        "ema": 0.0,
+        "seed": 4,
+        "steps": 700,
+        "minutes": None,
+        "eval_every": 50,
+        "checkpoint_every": 70,
+    }
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**saved, "resolved": {"shape": [2], "levels": None}}))
+
+    # `--resume` alone (with the folder): every setting is the run's own
+    run_, s = _settings(["train", "--out", str(folder), "--resume"])
+    assert run_ == str(folder) and s == saved
+    # explicit options that match are accepted; a new budget replaces the old one
+    _, s = _settings(
+        ["train", "--out", str(folder), "--resume", "--lr", "3e-3", "--seed", "4", "--minutes", "2"]
+    )
+    assert s == {**saved, "steps": None, "minutes": 2.0}
+    _, s = _settings(["train", "--out", str(folder), "--resume", "--steps", "900", "--eval-every", "10"])
+    assert s == {**saved, "steps": 900, "eval_every": 10}
+    # an explicit option that differs is refused, naming it
+    for argv, flag in (
+        (["--lr", "0.001"], "--lr 0.003"),
+        (["--model", "realnvp"], "--model nsf"),
+        (["--batch-size", "64"], "--batch-size 32"),
+        (["--ema", "0.999"], "--ema 0.0"),
+    ):
+        with pytest.raises(cli.UserError, match=f"cannot resume.*trained with {flag}"):
+            _settings(["train", "--out", str(folder), "--resume", *argv])
+    # the default run folder: `nux-eqx train --resume` alone continues runs/digits-glow-seed0
+    default = tmp_path / "runs" / "digits-glow-seed0"
+    default.mkdir(parents=True)
+    (default / "config.json").write_text(
+        json.dumps(
+            {
+                "data": "digits",
+                "model": "glow",
+                "batch_size": 16,
+                "lr": 0.01,
+                "ema": 0.9,
+                "seed": 0,
+                "steps": None,
+                "minutes": 3.0,
+            }
+        )
+    )
+    run_, s = _settings(["train", "--resume"])
+    assert run_ == os.path.join("runs", "digits-glow-seed0")
+    assert (s["batch_size"], s["lr"], s["ema"], s["minutes"], s["steps"]) == (16, 0.01, 0.9, 3.0, None)
+    assert (s["eval_every"], s["checkpoint_every"]) == (250, 500)  # older config.json: the defaults
+    # without --resume the settings are the defaults and the command line
+    _, s = _settings(["train", "--out", str(tmp_path / "new"), "--steps", "5"])
+    assert s == {**cli.TRAIN_DEFAULTS, "steps": 5, "minutes": None}
+
+
+def test_command_wall_time_counts_from_the_process_start(tmp_path):
+    code = (
+        "import time; time.sleep(1.5); from nux_eqx import cli; "
+        "print(time.time() - cli._process_start_time())"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    age = float(p.stdout.strip().splitlines()[-1])
+    assert 1.5 <= age < 120 and math.isfinite(age)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_atomic_write_uses_the_umask(tmp_path, umask):
+    from nux_eqx._serialise import atomic_write
+
+    old = os.umask(umask)
+    try:
+        path = tmp_path / "sub" / "f.json"
+        atomic_write(path, b"{}")
+        atomic_write(path, b'{"a": 1}')  # replacing keeps it atomic and the mode
+        with open(tmp_path / "plain", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b'{"a": 1}'
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    assert mode == 0o666 & ~umask == stat.S_IMODE(os.stat(tmp_path / "plain").st_mode)
+    assert sorted(os.listdir(path.parent)) == ["f.json"]  # no temporary file left over
+
+
+def test_save_and_checkpoint_use_the_umask(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import nux_eqx as nux
+    from nux_eqx.train import save_checkpoint
+
+    flow = nux.init(
+        nux.Sequential(nux.ActNorm(), nux.UnitGaussianPrior()), jnp.ones((4, 2)), key=jax.random.key(0)
+    )
+    old = os.umask(0o022)
+    try:
+        nux.save(tmp_path / "flow.eqx", flow)
+        params = nux.trainable(flow)[0]
+        save_checkpoint(
+            tmp_path / "ck.eqx",
+            flow=flow,
+            opt_state=optax.adam(1e-3).init(params),
+            key=jax.random.key(0),
+            step=1,
+            history={},
+        )
+    finally:
+        os.umask(old)
+    for name in ("flow.eqx", "ck.eqx"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
+
+
 def test_train_eval_sample_resume(tmp_path, capsys):
+    umask = 0o027
+    old_umask = os.umask(umask)
+    try:
+        _train_eval_sample_resume(tmp_path, capsys, umask)
+    finally:
+        os.umask(old_umask)
+
+
+def _train_eval_sample_resume(tmp_path, capsys, umask):
     out = str(tmp_path / "run")
     args = [
         "train",
@@ -86,9 +327,34 @@ def test_train_eval_sample_resume(tmp_path, capsys):
     assert "--ema 0.999, this command says 0" in capsys.readouterr().err
     assert open(os.path.join(out, "checkpoints", "checkpoint.eqx"), "rb").read() == before
 
-    # resume continues to 9 steps
-    assert run(*args, "--steps", "9", "--resume", "--eval-every", "3", "--checkpoint-every", "3") == 0
-    assert json.loads(open(os.path.join(out, "metrics.json")).read())["steps"] == 9
+    # resume continues to 9 steps with the run's own settings: only the folder, the new
+    # budget and an option that matches are given (data, model, cadences come from config.json)
+    t0 = time.time()
+    assert run("train", "--out", out, "--resume", "--steps", "9", "--batch-size", "128", "--quiet") == 0
+    elapsed = time.time() - t0
+    metrics = json.loads(open(os.path.join(out, "metrics.json")).read())
+    assert metrics["steps"] == 9
+    config = json.loads(open(os.path.join(out, "config.json")).read())
+    assert (config["data"], config["model"], config["eval_every"], config["steps"]) == (
+        "8gaussians",
+        "realnvp",
+        3,
+        9,
+    )
+    # the whole command (data, init, evaluation, pictures), not only the training loop
+    assert elapsed - 0.5 <= metrics["command_wall_time_s"] <= elapsed
+
+    # every file of the run gets the user's umask, as the pictures do (not mkstemp's 0o600)
+    want = 0o666 & ~umask
+    for name in (
+        "config.json",
+        "metrics.json",
+        "history.json",
+        "loss.png",
+        "checkpoints/flow.eqx",
+        "checkpoints/checkpoint.eqx",
+    ):
+        assert stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode) == want, name
 
     assert run("eval", out) == 0
     assert "nll" in capsys.readouterr().out
@@ -153,3 +419,12 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
         == 0
     )
     assert json.loads(open(os.path.join(out, "metrics.json")).read())["steps"] == done + 3
+
+
+def test_unreadable_config_is_a_user_error(tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    assert run("train", "--out", str(folder), "--resume") == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert run("eval", str(folder)) == 2

@@ -179,10 +179,10 @@ def test_conditioned_coupling_uses_cond():
 
 def test_conditioned_coupling_image_pytree_cond():
     x = _image()
-    cond = {"map": jr.normal(jr.key(3), (8, 4, 4, 1)), "label": jr.normal(jr.key(4), (8, 2))}
+    cond = {"map": jr.normal(jr.key(3), (8, 4, 4, 1)), "vec": jr.normal(jr.key(4), (8, 2))}
     flow = _init_scrambled(nux.ConditionedCoupling(n_channels=8, mask="checkerboard"), x, cond)
     z, _ = jax.vmap(flow)(x, cond=cond)
-    cond2 = {"map": cond["map"], "label": cond["label"] + 1.0}
+    cond2 = {"map": cond["map"], "vec": cond["vec"] + 1.0}
     z2, _ = jax.vmap(flow)(x, cond=cond2)
     assert not np.allclose(z, z2)
 

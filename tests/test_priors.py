@@ -274,3 +274,134 @@ def test_priors_end_a_flow_and_sample():
         xs, lq = sample(flow, jr.key(3), cond)
         assert xs.shape == (4,)
         assert float(lq) == pytest.approx(float(log_prob(flow, xs, cond)), rel=1e-4, abs=1e-4)
+
+
+# ---- labels next to conditioning: cond={"label": y, "c": c} ---------------------------
+
+X3 = jr.normal(jr.key(7), (8, 3))
+Y8 = jnp.array([0, 1, 2, -1, 0, 1, 2, -1])
+C8 = jr.normal(jr.key(8), (8, 2))
+
+CONDITIONAL_LAYERS = {
+    "ConditionedCoupling": lambda: nux.ConditionedCoupling(hidden_layer_sizes=(8,)),
+    "ConditionalMAF": lambda: nux.ConditionalMAF(hidden_layer_sizes=(8,)),
+    "ConditionalMaskedAutoregressiveSpline": lambda: nux.ConditionalMaskedAutoregressiveSpline(
+        hidden_layer_sizes=(8,)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONDITIONAL_LAYERS))
+def test_gmm_label_entry_next_to_conditioning(name):
+    """The prior reads cond["label"], the conditional layer reads only the rest."""
+    cond = {"label": Y8, "c": C8}
+    flow = scramble(
+        nux.init(nux.Sequential(CONDITIONAL_LAYERS[name](), nux.GMMPrior(3)), X3, key=jr.key(1), cond=cond),
+        jr.key(2),
+        0.3,
+    )
+    layer, prior = flow.layers
+    lp = eqx.filter_jit(
+        jax.vmap(lambda f, x, y, c: nux.log_prob(f, x, cond={"label": y, "c": c}), (None, 0, 0, 0))
+    )(flow, X3, Y8, C8)
+    assert np.all(np.isfinite(lp))
+    for i in (0, 3):  # a labelled and an unlabelled example
+        x, y, c = X3[i], Y8[i], C8[i]
+        # the conditional layer does not see the label ...
+        z, ld = layer(x, cond={"label": y, "c": c})
+        z2, ld2 = layer(x, cond={"label": (y + 1) % 3, "c": c})
+        np.testing.assert_array_equal(z, z2)
+        np.testing.assert_array_equal(ld, ld2)
+        # ... but does see the conditioning
+        assert not np.allclose(layer(x, cond={"label": y, "c": c + 1.0})[0], z)
+        # the prior reads the label entry: the same as a bare label
+        _, lpz = prior(z, cond={"label": y, "c": c})
+        assert float(lpz) == pytest.approx(float(prior(z, cond=y)[1]), rel=1e-6)
+        assert float(lp[i]) == pytest.approx(float(ld + lpz), rel=1e-5, abs=1e-5)
+    # sampling with a label: at temperature 0 the latent is that class's mean
+    for y in range(3):
+        xs, lq = nux.sample(flow, jr.key(y), cond={"label": jnp.asarray(y), "c": C8[0]}, temperature=0.0)
+        z, _ = layer(xs, cond={"label": jnp.asarray(y), "c": C8[0]})
+        np.testing.assert_allclose(z, prior.means[y], rtol=1e-4, atol=1e-4)
+
+
+def test_label_key_and_no_label():
+    # another name: the prior reads it; conditional layers read it too (it is not "label")
+    cond = {"y": Y8, "c": C8}
+    flow = nux.init(
+        nux.Sequential(nux.ConditionedCoupling(hidden_layer_sizes=(8,)), nux.GMMPrior(3, label_key="y")),
+        X3,
+        key=jr.key(1),
+        cond=cond,
+    )
+    layer, prior = flow.layers
+    z, _ = layer(X3[0], cond={"y": Y8[0], "c": C8[0]})
+    assert not np.allclose(layer(X3[0], cond={"y": Y8[1], "c": C8[0]})[0], z)
+    assert float(prior(z, cond={"y": jnp.asarray(2), "c": C8[0]})[1]) == pytest.approx(
+        float(prior(z, cond=jnp.asarray(2))[1]), rel=1e-6
+    )
+    # label_key=None: the prior reads no label, so a bare array cond is the layers' alone
+    flow = nux.init(
+        nux.Sequential(nux.ConditionedCoupling(hidden_layer_sizes=(8,)), nux.GMMPrior(3, label_key=None)),
+        X3,
+        key=jr.key(1),
+        cond=C8,
+    )
+    layer, prior = flow.layers
+    z, _ = layer(X3[0], cond=C8[0])
+    comp = jnp.stack(
+        [jnp.sum(jss.norm.logpdf(z, prior.means[k], jnp.exp(prior.log_scales[k]))) for k in range(3)]
+    )
+    assert float(prior(z, cond=C8[0])[1]) == pytest.approx(
+        float(jax.nn.logsumexp(comp) - math.log(3)), rel=1e-5
+    )
+    # a dict without the label entry is refused, naming the entry and the way out
+    with pytest.raises(TypeError, match="entry 'label'.*label_key"):
+        nux.init(nux.GMMPrior(3), X3, key=jr.key(0), cond={"y": Y8, "c": C8})
+    gmm = nux.init(nux.GMMPrior(3), X3, key=jr.key(0), cond=Y8)
+    with pytest.raises(TypeError, match="entry 'label'"):
+        gmm(X3[0], cond={"c": C8[0]})
+    with pytest.raises(TypeError, match="label_key"):
+        nux.GMMPrior(3, label_key=1)
+
+
+def test_cond_features_leave_the_label_out():
+    from nux_eqx.nn import cond_features
+
+    c, y = jnp.arange(3.0), jnp.asarray(2)
+    np.testing.assert_array_equal(cond_features({"label": y, "c": c}, (4,)), c)
+    np.testing.assert_array_equal(cond_features({"label": y, "c": c, "d": c + 1}, (4,)), jnp.r_[c, c + 1])
+    assert cond_features({"label": y}, (4,)) is None
+    # at any depth, e.g. the outer cond inside a ChainRuleCond
+    got = cond_features(nux.ChainRuleCond(jnp.ones(2), {"label": y, "c": c}), (4,))
+    np.testing.assert_array_equal(got, cond_features(nux.ChainRuleCond(jnp.ones(2), {"c": c}), (4,)))
+    # images: the label is not broadcast over the pixels either
+    img = cond_features({"label": y, "c": c}, (2, 2, 1))
+    assert img.shape == (2, 2, 3)
+    # other names and bare arrays are read as before
+    np.testing.assert_array_equal(cond_features({"y": y, "c": c}, (4,)), jnp.r_[c, 2.0])
+
+
+def test_uniform_dirichlet_refuses_k_vectors():
+    p = jax.nn.softmax(jr.normal(jr.key(0), (8, 4)))  # full K-vectors, K = 4 (NuX's input)
+    with pytest.raises(nux.ShapeError, match="full K-vector.*K - 1"):
+        nux.init(nux.UniformDirichletPrior(K=4), p, key=jr.key(0))
+    with pytest.raises(nux.ShapeError, match="sums to 1.*K - 1"):
+        nux.init(nux.UniformDirichletPrior(alpha_scale=2.0), p, key=jr.key(0))
+    with pytest.raises(nux.ShapeError, match="size 3"):
+        nux.init(nux.UniformDirichletPrior(K=4), p[:, :2], key=jr.key(0))
+    with pytest.raises(ValueError, match="K"):
+        nux.UniformDirichletPrior(K=1)
+    for prior in (nux.UniformDirichletPrior(K=4), nux.UniformDirichletPrior()):
+        f = nux.init(prior, p[:, :3], key=jr.key(0))
+        assert f.in_shape == (3,)
+        assert np.all(np.isfinite(_log_probs(f, p[:, :3])))
+        # it reads no label: a dict cond with a label entry changes nothing
+        assert float(f(p[0, :3], cond={"label": jnp.asarray(1)})[1]) == float(f(p[0, :3])[1])
+    # after SoftmaxPP (K - 1 outputs) in a flow
+    flow = nux.init(
+        nux.Sequential(nux.SoftmaxPP(), nux.UniformDirichletPrior(K=4)),
+        jr.normal(jr.key(1), (8, 3)),
+        key=jr.key(0),
+    )
+    assert np.isfinite(float(nux.log_prob(flow, jnp.zeros(3))))

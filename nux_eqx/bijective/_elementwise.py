@@ -89,8 +89,17 @@ class Logit(AbstractFlow):
     `lmbda > 0` the whole closed interval `[0, 1]` maps to finite values, with finite
     contribution and gradients. With `lmbda=0` the map is the exact logit, so an input of
     exactly `0` or `1` gives `z = -inf` / `+inf` and an infinite contribution (the true
-    value, not an error); inputs outside `[0, 1]` give NaN. Run under
-    [`nux_eqx.check_finite`][] to turn either into an error that names this layer.
+    value, not an error).
+
+    **Inputs outside `[0, 1]`.** The layer is defined where `lmbda + (1 - 2 lmbda) x`
+    lies in `(0, 1)`, i.e. for `-lmbda / (1 - 2 lmbda) < x < (1 - lmbda) / (1 - 2 lmbda)`
+    (a little beyond `[0, 1]` when `lmbda > 0`). Beyond that, e.g. `x = 50` or `1e6`
+    (data that was not scaled to `[0, 1]`), the logarithm of a negative number makes the
+    output and the contribution **NaN, silently** (no check costs a reduction per call
+    unless you ask for it). Scale the data into `[0, 1]` first, or run under
+    [`nux_eqx.check_finite`][], which turns the NaN (and the `±inf` above) into an error
+    that names this layer, `Logit produced NaN or inf from a finite input`, inside `jit`
+    and `vmap` too. Reverse (the sigmoid) is finite for every input.
 
     **Arguments:**
 

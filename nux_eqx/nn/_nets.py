@@ -232,6 +232,15 @@ def cast_floating(tree: PyTree, dtype) -> PyTree:
     return jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
 
 
+LABEL_KEY = "label"
+"""The dict entry of a `cond` that holds class labels: read by the label-reading priors
+([`nux_eqx.GMMPrior`][]), never by conditional layers (see [`cond_features`][])."""
+
+
+def _is_label(path) -> bool:
+    return any(isinstance(k, jax.tree_util.DictKey) and k.key == LABEL_KEY for k in path)
+
+
 def cond_features(cond: PyTree, like: tuple[int, ...]) -> Array | None:
     """Turn a conditioning pytree into one array a network can read next to an example.
 
@@ -240,8 +249,16 @@ def cond_features(cond: PyTree, like: tuple[int, ...]) -> Array | None:
     channels and other leaves are flattened and broadcast over the pixels. A
     [`nux_eqx.ChainRuleCond`][] contributes its `x_a` and outer `cond`. `None` gives
     `None`.
+
+    **Class labels are left out:** the entry `"label"` of a dict (at any depth, e.g.
+    `cond={"label": y, "c": c}`) is reserved for the class labels of the label-reading
+    priors ([`nux_eqx.GMMPrior`][]), so every conditional layer, which reads `cond`
+    through this function, sees only the rest (`c`). To condition the layers on the
+    class too, pass it again under another name (e.g. one-hot as `"onehot"`); name other
+    conditioning anything but `"label"`.
     """
-    leaves = [jnp.asarray(leaf) for leaf in jax.tree.leaves(cond)]
+    flat, _ = jax.tree_util.tree_flatten_with_path(cond)
+    leaves = [jnp.asarray(leaf) for path, leaf in flat if not _is_label(path)]
     if not leaves:
         return None
     if len(like) == 1:

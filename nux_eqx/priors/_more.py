@@ -8,6 +8,7 @@ log-density of the untempered model at the sample.
 """
 
 import math
+from collections.abc import Mapping
 from typing import ClassVar
 
 import equinox as eqx
@@ -19,6 +20,7 @@ from jaxtyping import Array, Float, Int
 
 from .._flow import AbstractFlow, ShapeError
 from .._types import AnyShape, Cond, Key, Scalar, Vector
+from ..nn._nets import LABEL_KEY
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -174,14 +176,33 @@ class AffineGaussianPriorFullCov(AbstractFlow):
 # --------------------------------------------------------------------------------------
 
 
-def _label_of(owner: str, cond, n_classes: int) -> Array | None:
+def _label_entry(owner: str, cond, label_key: str | None):
+    """The part of `cond` that holds the label: `cond[label_key]` for a dict `cond`, the
+    whole `cond` otherwise; `None` for no label (or `label_key=None`)."""
+    if label_key is None or cond is None:
+        return None
+    if isinstance(cond, Mapping):
+        if label_key not in cond:
+            raise TypeError(
+                f"{owner} reads its class label from the entry {label_key!r} of a dict `cond`, but "
+                f"this cond has the entries {sorted(map(str, cond))}. Put the label (an integer scalar "
+                f"array per example, -1 for unlabelled) under {label_key!r}, name the entry with "
+                "`label_key=`, or pass `label_key=None` for a prior that reads no labels."
+            )
+        return cond[label_key]
+    return cond
+
+
+def _label_of(owner: str, cond, n_classes: int, label_key: str | None = LABEL_KEY) -> Array | None:
     """Validate a GMMPrior label: `None`, or an integer scalar array in `-1 .. K-1`."""
+    cond = _label_entry(owner, cond, label_key)
     if cond is None:
         return None
     if not isinstance(cond, (jax.Array, np.ndarray, np.integer, int)) or isinstance(cond, bool):
         raise TypeError(
             f"{owner} takes the class label as `cond`: an integer scalar array (-1 for "
-            f"unlabelled), or None; got a {type(cond).__name__}."
+            f"unlabelled), or None; next to the conditioning of other layers, as the entry "
+            f"{label_key!r} of a dict `cond`; got a {type(cond).__name__}."
         )
     y = jnp.asarray(cond)
     if y.shape != ():
@@ -203,7 +224,10 @@ class GMMPrior(AbstractFlow):
     and a uniform class prior `p(y) = 1 / K`.
 
     The class label comes in `cond`, an integer scalar array (one per example; batch it
-    with `jax.vmap` alongside `x`):
+    with `jax.vmap` alongside `x`). In a flow whose other layers are conditional too, pass
+    a dict `cond={"label": y, "c": c}`: this prior reads `cond["label"]` (another entry
+    with `label_key=`), and the conditional layers read the rest, as
+    [`nux_eqx.nn.cond_features`][] leaves the `"label"` entry out. The label:
 
     - a label `y` in `0 .. K-1`: the contribution is the joint
       `log p(x, y) = log N(x; mean_y, diag(exp(2 log_scale_y))) - log K`
@@ -220,24 +244,39 @@ class GMMPrior(AbstractFlow):
     **Arguments:**
 
     - `n_classes`: the number of classes `K`.
+    - `label_key`: where the label is when `cond` is a dict: the entry of that name
+      (default `"label"`; a dict without it is refused). A `cond` that is not a dict is
+      the label itself. `None`: the prior reads no label (always the marginal), so the
+      whole `cond` is free for the conditional layers.
     """
 
     means: Float[Array, " k *shape"] | None
     log_scales: Float[Array, " k *shape"] | None
     n_classes: int = eqx.field(static=True)
+    label_key: str | None = eqx.field(static=True)
     layer_kind: ClassVar[str] = "prior"
 
-    def __init__(self, n_classes: int):
+    def __init__(self, n_classes: int, *, label_key: str | None = LABEL_KEY):
         if int(n_classes) < 1:
             raise ValueError(f"GMMPrior: n_classes must be >= 1, got {n_classes}.")
+        if label_key is not None and not isinstance(label_key, str):
+            raise TypeError(f"GMMPrior: label_key must be a string or None, got {label_key!r}.")
         self.n_classes = int(n_classes)
+        self.label_key = label_key
         self.means = None
         self.log_scales = None
 
     def init(self, x_batch, *, key, cond=None):
         shape, dtype = x_batch.shape[1:], x_batch.dtype
-        if cond is not None:
-            y = jnp.asarray(cond)
+        labels = _label_entry("GMMPrior", cond, self.label_key)
+        if labels is not None:
+            if not isinstance(labels, (jax.Array, np.ndarray)):
+                raise TypeError(
+                    f"GMMPrior: the batched labels must be an integer array (one label per example, -1 "
+                    f"for unlabelled); with other conditioning, as the entry {self.label_key!r} of a dict "
+                    f"`cond`; got a {type(labels).__name__}."
+                )
+            y = jnp.asarray(labels)
             if y.shape != x_batch.shape[:1] or not jnp.issubdtype(y.dtype, jnp.integer):
                 raise ShapeError(
                     f"GMMPrior: the batched labels `cond` must be an integer array of shape "
@@ -254,7 +293,7 @@ class GMMPrior(AbstractFlow):
         return _diag_gaussian_log_prob(x, self.means, self.log_scales)  # (K,)
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
-        y = _label_of("GMMPrior", cond, self.n_classes)
+        y = _label_of("GMMPrior", cond, self.n_classes, self.label_key)
         comp = self._component_log_probs(x)
         log_k = math.log(self.n_classes)
         marginal = jax.nn.logsumexp(comp) - log_k
@@ -288,7 +327,7 @@ class GMMPrior(AbstractFlow):
         return post, jnp.argmax(post)
 
     def sample_and_log_prob(self, key, *, cond=None, temperature=1.0):
-        y = _label_of("GMMPrior", cond, self.n_classes)
+        y = _label_of("GMMPrior", cond, self.n_classes, self.label_key)
         k1, k2 = jr.split(key)
         comp = jr.randint(k1, (), 0, self.n_classes)
         if y is not None:
@@ -368,22 +407,40 @@ class UniformDirichletPrior(AbstractFlow):
     (`log (K-1)!` for the uniform `alpha_scale = 1`) inside the simplex and `-inf`
     outside. `temperature` samples the tempered density `p^(1/T²)` (a Dirichlet with
     concentration `1 + (alpha - 1) / T²`), as Gaussian priors do; it has no effect on the
-    uniform one. NuX's label bonus `log x[y]` (unnormalised) is not reproduced.
+    uniform one.
+
+    **Unlike NuX, it takes `K - 1` coordinates, not `K`.** NuX's `UniformDirichletPrior`
+    read the whole `K`-vector of probabilities; a `K`-vector here would put every point on
+    the boundary (`x_K = 0`), where the density is `-inf`. So it is refused: at `init`
+    when the prior is told `K` (`UniformDirichletPrior(K=...)`) and the input has `K`
+    entries, and, without `K`, when every example of the (concrete) init batch sums to 1,
+    which `K - 1` coordinates of an interior point never do. Drop the last coordinate
+    (`p[..., :-1]`), or put [`nux_eqx.SoftmaxPP`][] before it, which outputs `K - 1`.
+
+    It reads no label (NuX's label bonus `log x[y]`, unnormalised, is not reproduced), so
+    it ignores `cond`, a dict with a `"label"` entry included.
 
     **Arguments:**
 
     - `alpha_scale`: the symmetric concentration (default 1: uniform); no parameters are
       learned.
+    - `K`: the number of categories, optional: the input must then have `K - 1` entries.
     """
 
     alpha_scale: float = eqx.field(static=True)
+    K: int | None = eqx.field(static=True)
     layer_kind: ClassVar[str] = "prior"
 
-    def __init__(self, alpha_scale: float = 1.0):
+    def __init__(self, alpha_scale: float = 1.0, *, K: int | None = None):
         alpha_scale = float(alpha_scale)
         if not (alpha_scale > 0 and math.isfinite(alpha_scale)):
             raise ValueError(f"UniformDirichletPrior: alpha_scale must be > 0, got {alpha_scale}.")
+        if K is not None and (isinstance(K, bool) or int(K) != K or int(K) < 2):
+            raise ValueError(
+                f"UniformDirichletPrior: K (the number of categories) must be an integer >= 2, got {K}."
+            )
         self.alpha_scale = alpha_scale
+        self.K = None if K is None else int(K)
 
     def init(self, x_batch, *, key, cond=None):
         shape = x_batch.shape[1:]
@@ -392,6 +449,25 @@ class UniformDirichletPrior(AbstractFlow):
                 f"UniformDirichletPrior takes vectors of size K - 1 (the first K - 1 coordinates of "
                 f"a point of the K-simplex), got examples of shape {shape}; use `Flatten()` first."
             )
+        nux_hint = (
+            "nux_eqx's UniformDirichletPrior takes the first K - 1 coordinates of a point of the "
+            "K-simplex (NuX's took all K): drop the last one (`p[..., :-1]`), or put `SoftmaxPP()` "
+            "before the prior, which outputs K - 1."
+        )
+        if self.K is not None and shape[0] != self.K - 1:
+            what = "the full K-vector" if shape[0] == self.K else "not K - 1"
+            raise ShapeError(
+                f"UniformDirichletPrior(K={self.K}) takes vectors of size {self.K - 1}, got size "
+                f"{shape[0]} ({what}). {nux_hint}"
+            )
+        if not isinstance(x_batch, jax.core.Tracer) and x_batch.shape[0] > 0:
+            xb = np.asarray(x_batch, np.float64)
+            if np.all(xb >= 0) and np.all(np.abs(xb.sum(-1) - 1.0) <= 1e-4):
+                raise ShapeError(
+                    f"UniformDirichletPrior: every example of the init batch sums to 1, so these look "
+                    f"like full K-vectors of probabilities (K = {shape[0]}), on which the density is "
+                    f"-inf. {nux_hint}"
+                )
         return self
 
     def transform(self, x: Vector, reverse: bool, *, key: Key, cond: Cond) -> tuple[Vector, Scalar]:

@@ -2,7 +2,8 @@
 
 One file, written with [`nux_eqx.save`][] (a JSON header, then Equinox's serialised
 leaves; atomic: temporary file, fsync, rename), so a run killed at any moment leaves
-either the previous checkpoint or the new one, never a torn file.
+either the previous checkpoint or the new one, never a torn file. The file gets the
+user's umask, like any file the user creates.
 """
 
 import os
