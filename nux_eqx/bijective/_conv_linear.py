@@ -146,17 +146,23 @@ class OneByOneConvLU(AbstractFlow):
         return Z.T.reshape(h, w, c), jnp.sum(self.log_s) * (h * w)
 
 
-def _space_to_depth(x: Array, kh: int, kw: int) -> Array:
+def _space_to_depth(x: Array, kh: int, kw: int, dh: int = 1, dw: int = 1) -> Array:
+    """(h, w, c) -> (h / kh, w / kw, kh kw c): patches of `kh x kw` pixels spaced `(dh, dw)`
+    apart. Row `r = a kh dh + i dh + b` (block `a`, patch row `i`, offset `b < dh`) goes to
+    row `a dh + b` of the output, entry `(i kw + j) c + k` of its patch."""
     h, w, c = x.shape
-    x = x.reshape(h // kh, kh, w // kw, kw, c).transpose(0, 2, 1, 3, 4)
+    x = x.reshape(h // (kh * dh), kh, dh, w // (kw * dw), kw, dw, c)
+    x = x.transpose(0, 2, 3, 5, 1, 4, 6)  # (a, b, a', b', i, j, k)
     return x.reshape(h // kh, w // kw, kh * kw * c)
 
 
-def _depth_to_space(x: Array, kh: int, kw: int) -> Array:
-    h, w, d = x.shape
+def _depth_to_space(x: Array, kh: int, kw: int, dh: int = 1, dw: int = 1) -> Array:
+    """The inverse of `_space_to_depth`."""
+    hp, wp, d = x.shape
     c = d // (kh * kw)
-    x = x.reshape(h, w, kh, kw, c).transpose(0, 2, 1, 3, 4)
-    return x.reshape(h * kh, w * kw, c)
+    x = x.reshape(hp // dh, dh, wp // dw, dw, kh, kw, c)
+    x = x.transpose(0, 4, 1, 2, 5, 3, 6)  # (a, i, b, a', j, b', k)
+    return x.reshape(hp * kh, wp * kw, c)
 
 
 class LocalDense(AbstractFlow):
@@ -166,25 +172,38 @@ class LocalDense(AbstractFlow):
     `(i * kw + j) * c + k` for pixel `(i, j)` of the patch and channel `k`, the order of
     [`nux_eqx.Squeeze`][] for 2x2), multiplied by one learned `(c kh kw) x (c kh kw)`
     matrix `W`, and put back. This generalises the 1x1 convolution to patches. The
-    contribution is `(h / kh) * (w / kw) * log|det W|`; reverse solves with `W`. The patch
-    size must divide `h` and `w`.
+    contribution is `(h / kh) * (w / kw) * log|det W|`; reverse solves with `W`.
+
+    With `dilation=(dh, dw)` (NuX's dilated squeeze) the pixels of a patch are `dh` rows
+    and `dw` columns apart (pixel `(i, j)` of the patch at offset `(i dh, j dw)`), so
+    the map mixes pixels further apart; the image is tiled by blocks of
+    `(kh dh) x (kw dw)` pixels, each holding `dh dw` interleaved patches. `dilation=(1, 1)`
+    is the plain patch map. `kh * dh` must divide `h` and `kw * dw` must divide `w`.
 
     **Arguments:**
 
     - `filter_shape`: the patch size `(kh, kw)` (or one int for a square patch).
     - `init`: `"identity"` (NuX: `W = I`) or `"rotation"` (a random orthogonal `W`, which
       mixes within patches from the start; default).
+    - `dilation`: the spacing `(dh, dw)` of a patch's pixels (or one int; default
+      `(1, 1)`, as NuX).
     """
 
     W: Float[Array, "d d"] | None = None
     filter_shape: tuple[int, int] = eqx.field(static=True, default=(2, 2))
     w_init: Literal["identity", "rotation"] = eqx.field(static=True, default="rotation")
+    dilation: tuple[int, int] = eqx.field(static=True, default=(1, 1))
     layer_kind: ClassVar[str] = "bijective"
 
     def __init__(
-        self, filter_shape: tuple[int, int] = (2, 2), init: Literal["identity", "rotation"] = "rotation"
+        self,
+        filter_shape: tuple[int, int] = (2, 2),
+        init: Literal["identity", "rotation"] = "rotation",
+        *,
+        dilation: tuple[int, int] = (1, 1),
     ):
         self.filter_shape = _pair("LocalDense", "filter_shape", filter_shape)
+        self.dilation = _pair("LocalDense", "dilation", dilation)
         if init not in ("identity", "rotation"):
             raise ValueError(f"LocalDense: init must be 'identity' or 'rotation', got {init!r}.")
         self.w_init = init
@@ -193,10 +212,12 @@ class LocalDense(AbstractFlow):
     def init(self, x_batch, *, key, cond=None):
         h, w, c = _check_images("LocalDense", x_batch)
         kh, kw = self.filter_shape
-        if h % kh or w % kw:
+        dh, dw = self.dilation
+        if h % (kh * dh) or w % (kw * dw):
             raise ShapeError(
-                f"LocalDense: the patch size {self.filter_shape} must divide the image size ({h}, {w}); "
-                "choose a filter_shape whose sides divide h and w, or crop/pad the images."
+                f"LocalDense: the patch size {self.filter_shape} times the dilation {self.dilation} "
+                f"({kh * dh}, {kw * dw}) must divide the image size ({h}, {w}); choose a filter_shape "
+                "and dilation that fit, or crop/pad the images."
             )
         d = c * kh * kw
         if self.w_init == "identity":
@@ -207,11 +228,12 @@ class LocalDense(AbstractFlow):
 
     def transform(self, x: Image, reverse: bool, *, key: Key, cond: Cond) -> tuple[Image, Scalar]:
         kh, kw = self.filter_shape
-        p = _space_to_depth(x, kh, kw)
+        dh, dw = self.dilation
+        p = _space_to_depth(x, kh, kw, dh, dw)
         hp, wp, d = p.shape
         P = p.reshape(hp * wp, d).T
         Z = jnp.linalg.solve(self.W, P) if reverse else self.W @ P
-        z = _depth_to_space(Z.T.reshape(hp, wp, d), kh, kw)
+        z = _depth_to_space(Z.T.reshape(hp, wp, d), kh, kw, dh, dw)
         return z, jnp.linalg.slogdet(self.W)[1] * (hp * wp)
 
 

@@ -73,6 +73,10 @@ def n_spline_params(K: int) -> int:
 # --------------------------------------------------------------------------------------
 
 
+def _max_derivative(dtype) -> float:
+    return math.sqrt(float(jnp.finfo(dtype).max)) * 1e-4
+
+
 def spline_knots(
     widths: Float[Array, "*batch K"],
     heights: Float[Array, "*batch K"],
@@ -88,8 +92,11 @@ def spline_knots(
     Bin widths are `min_bin_width + (1 - K min_bin_width) softmax(widths)` (fractions of
     `2B`), likewise the heights; the interior knot derivatives are
     `min_derivative + softplus(derivatives + c)` with `c` chosen so that a zero parameter
-    gives slope 1. The two end derivatives are 1 (identity tails). All parameters zero
-    give the identity map.
+    gives slope 1, capped at `sqrt(finfo.max) * 1e-4` (about `1.8e15` in float32) so that
+    no later product overflows. The two end derivatives are 1 (identity tails). All
+    parameters zero give the identity map. Every finite input gives finite knots (the
+    softmax and softplus are the numerically stable ones), so the spline stays finite and
+    monotone for any conditioner output.
 
     **Arguments:**
 
@@ -119,12 +126,21 @@ def spline_knots(
 
     shift = math.log(math.expm1(1.0 - min_derivative))  # softplus(shift) = 1 - min_derivative
     inner = min_derivative + jax.nn.softplus(derivatives + shift)
+    # Cap the slopes where the spline's products (d_k d_{k+1}, squares of sums) would overflow:
+    # the map then stays finite for any finite conditioner output. The cap is 1e15 in float32
+    # (1e150 in float64), far beyond any slope a trained spline uses.
+    inner = jnp.minimum(inner, _max_derivative(inner.dtype))
     ones = jnp.ones((*derivatives.shape[:-1], 1), derivatives.dtype)
     return (
         knots(widths, min_bin_width),
         knots(heights, min_bin_height),
         jnp.concatenate([ones, inner, ones], axis=-1),
     )
+
+
+def _unit_clip(v):
+    # Clamp into [0, 1] with gradient 1 inside (rounding only ever moves v a few ulps out).
+    return jnp.where(v < 0, jnp.zeros_like(v), jnp.where(v > 1, jnp.ones_like(v), v))
 
 
 def _gather(a, idx):
@@ -176,19 +192,30 @@ def spline_from_knots(
     s = h / w
     if inverse:
         # The paper's quadratic a xi^2 + b xi + c = 0, divided by h, with r = (y - y_k) / h:
-        # a = s - d0 + r D, b = d0 - r D, c = -s r (D = d0 + d1 - 2s); its stable root is
-        # xi = 2c / (-b - sqrt(b^2 - 4ac)). With m = (1 - r) d0 + r d1 one has (expand)
-        # b^2 - 4ac = m^2 + 4 (s^2 - d0 d1) r (1 - r) and b + m = 2 (1 - r) d0 + 2 s r, so
-        # xi = s r / ((1 - r) d0 + s r + 2 (s^2 - d0 d1) r (1 - r) / (sqrt(disc) + m)):
-        # the same root, free of cancellation, and exactly 0 and 1 at the knots.
-        r = (xc - y0) / h
-        m = (1 - r) * d0 + r * d1
-        q = 4 * (s * s - d0 * d1) * r * (1 - r)
-        root = jnp.sqrt(jnp.maximum(m * m + q, 0.0))
-        xi = s * r / ((1 - r) * d0 + s * r + 0.5 * q / (root + m))
+        # a = s - d0 + r D, b = d0 - r D, c = -s r (D = d0 + d1 - 2s). With
+        # e = (1 - r) d0 - r d1 (expand): b = e + 2 s r, a = s (1 - 2r) - e and the
+        # discriminant b^2 - 4ac = e^2 + 4 s^2 r (1 - r), a sum of squares. The root in
+        # [0, 1] is then taken in the form free of cancellation for each sign of b:
+        # b >= 0: xi = 2 s r / (b + sqrt(disc));  b < 0: xi = (sqrt(disc) - b) / (2a)
+        # (there a = s + |e| - 2 s r > s > 0 and both terms of each sum have one sign, up to
+        # a bounded fraction). Writing the discriminant as `m^2 + q` with
+        # m = (1 - r) d0 + r d1 instead cancels catastrophically when (1 - r) d0 ~ r d1 and
+        # the knot slopes are large: a flat bin between steep knots lost 4-7 digits.
+        # Rounding can still put r a hair outside [0, 1] or xi outside [0, 1]: clamp, so
+        # that the preimage stays inside its bin and everything stays finite for any knots.
+        r = _unit_clip((xc - y0) / h)
+        e = (1 - r) * d0 - r * d1
+        sr = s * r
+        b = e + 2 * sr
+        root = jnp.sqrt(e * e + 4 * s * sr * (1 - r))
+        pos = b >= 0
+        num = jnp.where(pos, 2 * sr, root - b)
+        den = jnp.where(pos, b + root, 2 * (s * (1 - 2 * r) - e))
+        ok = den > 0
+        xi = _unit_clip(jnp.where(ok, num / jnp.where(ok, den, 1.0), jnp.where(r > 0, 1.0, 0.0)))
         out = x0 + xi * w
     else:
-        xi = (xc - x0) / w
+        xi = _unit_clip((xc - x0) / w)
     t = xi * (1 - xi)
     # s + (d0 + d1 - 2s) t, written as a sum of positive terms.
     denom = s * (xi * xi + (1 - xi) * (1 - xi)) + (d0 + d1) * t

@@ -2,6 +2,7 @@
 `CouplingTallAffineDiagCov`, and their base class `AbstractNoisyInjective`."""
 
 import abc
+import copy
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
@@ -47,10 +48,19 @@ class AbstractNoisyInjective(AbstractFlow):
       sums to `log p(z) + log p(x|z) - log q(z|x)`, whose mean over the joint is
       `log p(x) + KL(p(z|x) || q(z|x))`, an UPPER estimate (not an exact `log q`).
 
+    **Noise scale `s`** (NuX's `s`): every NIF takes `s=1.0` (a keyword of its
+    constructor): reverse with a key adds `s * Σ^{1/2} eps`, so `s < 1` samples closer to
+    the generator's mean and `s = 0` switches the noise off (reverse is then the
+    deterministic map even with a key, with the injective contribution). The forward
+    direction (the model's density) does not depend on `s`. To sample a trained flow with
+    other noise, use [`nux_eqx.injective.with_noise_scale`][]`(flow, s)`, which returns a
+    copy with every NIF's `s` replaced.
+
     `layer_kind` is `"injective"`: `check_flow` checks the deterministic mode.
     """
 
     layer_kind: ClassVar[str] = "injective"
+    s: eqx.AbstractVar[float]
 
     @abc.abstractmethod
     def _sample_posterior(self, x: Array, key: PRNGKeyArray) -> NIFTerms:
@@ -63,6 +73,11 @@ class AbstractNoisyInjective(AbstractFlow):
     @abc.abstractmethod
     def _generate(self, z: Array, key: PRNGKeyArray | None) -> tuple[Array, Array]:
         """z -> x (with noise when given a key) and the contribution."""
+
+    def _noise(self, key: PRNGKeyArray | None) -> PRNGKeyArray | None:
+        """The key for the generator's noise, or `None` when there is none (no key, or
+        `s == 0`)."""
+        return None if key is None or self.s == 0 else key
 
     def nif_terms(self, x: Array, key: PRNGKeyArray, *, cond: Cond = None) -> NIFTerms:
         """Sample the stochastic inverse at ONE example and return every likelihood term.
@@ -88,11 +103,55 @@ class AbstractNoisyInjective(AbstractFlow):
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[_Out, Scalar]:
         if reverse:
-            return self._generate(x, key)
+            return self._generate(x, self._noise(key))
         if key is None:
             return self._pinv(x)
         terms = self._sample_posterior(x, key)
         return terms.z, terms.log_hx
+
+
+def with_noise_scale(flow, s: float):
+    """Set the noise scale `s` of every noisy injective layer in `flow` (NuX's `s`).
+
+    Reverse passes (sampling) of a NIF add `s * Σ^{1/2} eps` with a key; `s = 0` switches
+    the noise off, so `nux_eqx.sample(with_noise_scale(flow, 0.0), key)` draws from the
+    priors and maps them through the generators' means. The forward density does not
+    depend on `s`. Pure: returns a new flow, `flow` is unchanged (`s` is static metadata,
+    so a flow with another `s` compiles once more).
+
+    **Arguments:**
+
+    - `flow`: any flow (or pytree holding flows).
+    - `s`: the noise scale, a finite number `>= 0`.
+
+    **Returns:**
+
+    A copy of `flow` with `s` replaced in every
+    [`nux_eqx.AbstractNoisyInjective`][] layer.
+    """
+    s = _check_noise_scale("with_noise_scale", s)
+
+    def replace(leaf):
+        if not isinstance(leaf, AbstractNoisyInjective):
+            return leaf
+        new = copy.copy(leaf)
+        object.__setattr__(new, "s", s)
+        return new
+
+    return jax.tree.map(replace, flow, is_leaf=lambda v: isinstance(v, AbstractNoisyInjective))
+
+
+def _check_noise_scale(owner: str, s) -> float:
+    try:
+        s = float(s)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{owner}: s (the noise scale of sampling) must be a number, got {s!r}.") from e
+    if not (s >= 0 and np.isfinite(s)):
+        raise ValueError(
+            f"{owner}: s (the noise scale of sampling) must be a finite number >= 0 (0 switches the "
+            f"noise off), got {s}."
+        )
+    return s
 
 
 def _orthonormal(key, d: int, k: int, dtype) -> Array:
@@ -117,14 +176,17 @@ class TallAffineDiagCov(AbstractNoisyInjective):
     **Arguments:**
 
     - `out_dim`: the size `k` of `z`.
+    - `s`: the noise scale of sampling (NuX's `s`; default 1.0; 0 switches the noise off).
     """
 
     A: Float[Array, "d k"] | None
     b: Float[Array, " d"] | None
     log_diag_cov: Float[Array, " d"] | None
     out_dim: int = eqx.field(static=True)
+    s: float = eqx.field(static=True)
 
-    def __init__(self, out_dim: int):
+    def __init__(self, out_dim: int, *, s: float = 1.0):
+        self.s = _check_noise_scale("TallAffineDiagCov", s)
         if int(out_dim) < 1:
             raise ValueError(f"TallAffineDiagCov: out_dim must be >= 1, got {out_dim}.")
         self.out_dim = int(out_dim)
@@ -163,7 +225,7 @@ class TallAffineDiagCov(AbstractNoisyInjective):
         x = self.A @ z + self.b
         if key is None:
             return x, dense_pinv(x, self.A, self.b)[1]
-        x = x + jnp.exp(0.5 * self.log_diag_cov) * jr.normal(key, x.shape, x.dtype)
+        x = x + self.s * jnp.exp(0.5 * self.log_diag_cov) * jr.normal(key, x.shape, x.dtype)
         return x, dense_log_hx(x, self.A, self.b, self.log_diag_cov)
 
 
@@ -202,6 +264,7 @@ class CouplingTallAffineDiagCov(AbstractNoisyInjective):
     - `hidden_layer_sizes`: widths of the default `nux_eqx.nn.MLP` conditioners.
     - `network_factory`: optional `factory(in_shape, out_shape, *, key) -> module`; the
       output holds `b` then `log_diag_cov` of the half it models.
+    - `s`: the noise scale of sampling (NuX's `s`; default 1.0; 0 switches the noise off).
     """
 
     A1: Float[Array, "d1 k1"] | None
@@ -209,6 +272,7 @@ class CouplingTallAffineDiagCov(AbstractNoisyInjective):
     network1: eqx.Module | None
     network2: eqx.Module | None
     out_dim: int = eqx.field(static=True)
+    s: float = eqx.field(static=True)
     kind: Literal["every_other", "split"] = eqx.field(static=True)
     hidden_layer_sizes: tuple[int, ...] = eqx.field(static=True)
     network_factory: Callable | None = eqx.field(static=True)
@@ -219,7 +283,10 @@ class CouplingTallAffineDiagCov(AbstractNoisyInjective):
         kind: Literal["every_other", "split"] = "every_other",
         hidden_layer_sizes: Sequence[int] = (1024, 1024, 1024, 1024),
         network_factory: Callable | None = None,
+        *,
+        s: float = 1.0,
     ):
+        self.s = _check_noise_scale("CouplingTallAffineDiagCov", s)
         if int(out_dim) < 2:
             raise ValueError(
                 f"CouplingTallAffineDiagCov: out_dim must be >= 2 (z is split in two), got {out_dim}."
@@ -319,9 +386,9 @@ class CouplingTallAffineDiagCov(AbstractNoisyInjective):
         z1, z2 = self._split(z, self.out_dim // 2)
         b2, lc2 = self._cond2(z1)
         x2 = self.A2 @ z2 + b2
-        x2 = x2 + jnp.exp(0.5 * lc2) * jr.normal(k2, x2.shape, x2.dtype)
+        x2 = x2 + self.s * jnp.exp(0.5 * lc2) * jr.normal(k2, x2.shape, x2.dtype)
         b1, lc1 = self._cond1(x2)
         x1 = self.A1 @ z1 + b1
-        x1 = x1 + jnp.exp(0.5 * lc1) * jr.normal(k1, x1.shape, x1.dtype)
+        x1 = x1 + self.s * jnp.exp(0.5 * lc1) * jr.normal(k1, x1.shape, x1.dtype)
         c = dense_log_hx(x1, self.A1, b1, lc1) + dense_log_hx(x2, self.A2, b2, lc2)
         return self._join(x1, x2), c

@@ -19,7 +19,7 @@ from ._gaussian_nif import (
     upsample_pinv,
     upsample_sample_posterior,
 )
-from ._nif import AbstractNoisyInjective
+from ._nif import AbstractNoisyInjective, _check_noise_scale
 
 
 def _check_repeats(owner: str, repeats) -> tuple[int, ...]:
@@ -52,13 +52,16 @@ class UpSample(AbstractNoisyInjective):
     **Arguments:**
 
     - `repeats`: the upsampling factor per axis; missing trailing axes are 1.
+    - `s`: the noise scale of sampling (NuX's `s`; default 1.0; 0 switches the noise off).
     """
 
     b: Array | None
     log_diag_cov: Array | None
     repeats: tuple[int, ...] = eqx.field(static=True)
+    s: float = eqx.field(static=True)
 
-    def __init__(self, repeats: tuple[int, ...] = (2, 2, 1)):
+    def __init__(self, repeats: tuple[int, ...] = (2, 2, 1), *, s: float = 1.0):
+        self.s = _check_noise_scale("UpSample", s)
         self.repeats = _check_repeats("UpSample", repeats)
         self.b = None
         self.log_diag_cov = None
@@ -93,7 +96,7 @@ class UpSample(AbstractNoisyInjective):
         x = upsample(z, reps) + self.b
         if key is None:
             return x, upsample_pinv(x, reps, self.b)[1]
-        x = x + jnp.exp(0.5 * self.log_diag_cov) * jr.normal(key, x.shape, x.dtype)
+        x = x + self.s * jnp.exp(0.5 * self.log_diag_cov) * jr.normal(key, x.shape, x.dtype)
         return x, upsample_log_hx(x, reps, self.b, self.log_diag_cov)
 
 
@@ -123,11 +126,13 @@ class CouplingUpSample(AbstractNoisyInjective):
     - `n_channels`: the hidden width of the default ConvNets (NuX's keyword).
     - `network_factory`: optional `factory(in_shape, out_shape, *, key) -> module` on one
       image; the output holds `b` then `log_diag_cov` along channels.
+    - `s`: the noise scale of sampling (NuX's `s`; default 1.0; 0 switches the noise off).
     """
 
     network1: eqx.Module | None
     network2: eqx.Module | None
     repeats: tuple[int, int, int] = eqx.field(static=True)
+    s: float = eqx.field(static=True)
     n_channels: int = eqx.field(static=True)
     network_factory: Callable | None = eqx.field(static=True)
 
@@ -136,7 +141,10 @@ class CouplingUpSample(AbstractNoisyInjective):
         repeats: tuple[int, ...] = (2, 2, 1),
         n_channels: int = 256,
         network_factory: Callable | None = None,
+        *,
+        s: float = 1.0,
     ):
+        self.s = _check_noise_scale("CouplingUpSample", s)
         reps = _check_repeats("CouplingUpSample", repeats)
         if len(reps) > 3:
             raise ValueError(f"CouplingUpSample: repeats has at most 3 axes (h, w, c), got {reps}.")
@@ -220,9 +228,9 @@ class CouplingUpSample(AbstractNoisyInjective):
         z1, z2 = self._halves(z)
         b2, lc2 = self._params(self.network2, upsample(z1, self.repeats))
         x2 = upsample(z2, self.repeats) + b2
-        x2 = x2 + jnp.exp(0.5 * lc2) * jr.normal(k2, x2.shape, x2.dtype)
+        x2 = x2 + self.s * jnp.exp(0.5 * lc2) * jr.normal(k2, x2.shape, x2.dtype)
         b1, lc1 = self._params(self.network1, x2)
         x1 = upsample(z1, self.repeats) + b1
-        x1 = x1 + jnp.exp(0.5 * lc1) * jr.normal(k1, x1.shape, x1.dtype)
+        x1 = x1 + self.s * jnp.exp(0.5 * lc1) * jr.normal(k1, x1.shape, x1.dtype)
         c = upsample_log_hx(x1, self.repeats, b1, lc1) + upsample_log_hx(x2, self.repeats, b2, lc2)
         return self._whole(x1, x2), c

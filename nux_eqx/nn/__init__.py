@@ -24,14 +24,26 @@ from ._nets import (
 from ._nets import (
     loop_body as loop_body,
 )
+from ._spectral import (
+    SpectralNorm as SpectralNorm,
+)
+from ._spectral import (
+    spectral_norm as spectral_norm,
+)
+from ._spectral import (
+    update_spectral_norm as update_spectral_norm,
+)
 
 __all__ = [
     "Conv2d",
     "ConvNet",
     "Linear",
     "MLP",
+    "SpectralNorm",
     "cast_floating",
     "cond_features",
     "default_network",
     "loop_body",
+    "spectral_norm",
+    "update_spectral_norm",
 ]
