@@ -128,7 +128,9 @@ def run_nux(target, flow_name, args):
         steps_per_dispatch=args.dispatch,
     )
     train_s = res["wall_time"]
-    x, log_q = jax.jit(jax.vmap(lambda k: nux.sample(flow, k)))(jr.split(jr.key(10_000 + args.seed), args.n_eval))
+    x, log_q = jax.jit(jax.vmap(lambda k: nux.sample(flow, k)))(
+        jr.split(jr.key(10_000 + args.seed), args.n_eval)
+    )
     out = evaluate(x, log_q, log_p, log_z_true)
     out.update(
         train_s=train_s,
@@ -197,7 +199,9 @@ def main():
                     flush=True,
                 )
     print()
-    print("| target | flow | library | params | ELBO | ELBO gap | IS log Z - truth (stderr) | ESS / n | train s |")
+    print(
+        "| target | flow | library | params | ELBO | ELBO gap | IS log Z - truth (stderr) | ESS / n | train s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
