@@ -144,3 +144,17 @@ def test_bad_arguments_say_what_to_do():
         nux.init(nux.Planar(), jnp.zeros((4, 2, 2)), key=jr.key(0))
     with pytest.raises(nux.ShapeError, match="Flatten"):
         nux.init(nux.Radial(), jnp.zeros((4, 2, 2)), key=jr.key(0))
+
+
+def test_planar_root_finder_reaches_float_rounding():
+    # the 1-D solver alone, float32: residual of s + a tanh(s) = c at rounding level,
+    # for a from the bound -1 + 1e-4 to 100 and c far out on both sides
+    from nux_eqx.bijective._planar import _planar_root
+
+    a = jnp.array([-1 + 1e-4, -0.99, -0.5, 0.0, 0.5, 3.0, 100.0])
+    c = jnp.array([-200.0, -3.0, -1e-3, 0.0, 1e-3, 0.7, 5.0, 150.0])
+    A, C = (v.reshape(-1) for v in jnp.meshgrid(a, c))
+    s = jax.jit(jax.vmap(lambda c_, a_: _planar_root(c_, a_, 30, 4)))(C, A)
+    resid = np.abs(np.asarray(s + A * jnp.tanh(s) - C, np.float64))
+    scale = np.abs(np.asarray(C)) + np.abs(np.asarray(A)) + 1.0
+    assert np.all(resid <= 8 * np.finfo(np.float32).eps * scale), resid.max()
