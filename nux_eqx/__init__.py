@@ -179,6 +179,8 @@ from .surjective import Slice as Slice
 from .surjective import Sort as Sort
 from .surjective import UniformDequantization as UniformDequantization
 from .surjective import VariationalDequantization as VariationalDequantization
+from .bijective import Planar as Planar
+from .bijective import Radial as Radial
 
 try:
     __version__ = importlib.metadata.version("nux_eqx")

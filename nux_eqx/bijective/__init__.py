@@ -71,3 +71,5 @@ from ._spline import RationalQuadraticSpline as RationalQuadraticSpline
 from ._spline import rational_quadratic_spline as rational_quadratic_spline
 from ._spline import spline_from_knots as spline_from_knots
 from ._spline import spline_knots as spline_knots
+from ._planar import Planar as Planar
+from ._planar import Radial as Radial

@@ -12,3 +12,6 @@ from ._losses import reverse_kl as reverse_kl
 from ._losses import reverse_kl_loss as reverse_kl_loss
 from ._step import TrainStep as TrainStep
 from ._step import make_step as make_step
+from ._vi import ImportanceEstimate as ImportanceEstimate
+from ._vi import fit_vi as fit_vi
+from ._vi import importance_log_z as importance_log_z
