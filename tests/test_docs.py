@@ -118,3 +118,17 @@ def test_page_runs(page, tmp_path, monkeypatch):
                 ["bash", "-c", prelude + b.code], env=env, capture_output=True, text=True, timeout=600
             )
             assert r.returncode == 0, f"{where}: bash block failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+
+
+def test_math_ships_with_the_site():
+    """No script comes from a CDN: formulas render offline (tools/check_docs_math.py
+    checks the rendering itself in a headless browser)."""
+    yaml = pytest.importorskip("yaml")  # installed with the docs extra (mkdocs)
+
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=yaml.BaseLoader)
+    scripts = config["extra_javascript"]
+    assert any("mathjax" in s for s in scripts)
+    for s in scripts:
+        assert "://" not in s, f"mkdocs.yml loads {s} from the internet; vendor it (tools/vendor_mathjax.sh)"
+        assert (DOCS / s).is_file(), f"mkdocs.yml names docs/{s}, which does not exist"
+    assert list((DOCS / "javascripts/mathjax/output/chtml/fonts/woff-v2").glob("*.woff"))
