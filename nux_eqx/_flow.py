@@ -154,12 +154,14 @@ class Captured(eqx.Module):
     """What one leaf layer saw and did during a [`nux_eqx.capture`][].
 
     **Fields:** `x` (its input), `z` (its output), `contribution` (its log-likelihood
-    contribution), `reverse` (the direction it ran in; static)."""
+    contribution), `reverse` (the direction it ran in; static), `layer` (the layer's
+    class name, such as `"Coupling"`; static)."""
 
     x: Array
     z: Array
     contribution: Array
     reverse: bool = eqx.field(static=True)
+    layer: str = eqx.field(static=True, default="")
 
 
 def capture(
@@ -185,7 +187,26 @@ def capture(
     **Returns:**
 
     `(z, contribution, records)`, where `records` maps each leaf's path inside the
-    flow (such as `"layers[2].flow"`) to a [`nux_eqx.Captured`][], in call order.
+    flow (such as `"layers[2].flow"`) to a [`nux_eqx.Captured`][], in call order; its
+    `layer` names the layer's class.
+
+    !!! example
+
+        ```python
+        import jax
+        import nux_eqx as nux
+
+        x = jax.random.normal(jax.random.key(0), (32, 3))
+        flow = nux.init(nux.Sequential(nux.ActNorm(), nux.Reverse(), nux.UnitGaussianPrior()),
+                        x, key=jax.random.key(1))
+        z, log_px, records = nux.capture(flow, x[0])
+        for path, r in records.items():
+            print(path, r.layer, r.x.shape, "->", r.z.shape)
+        # layers[0] ActNorm (3,) -> (3,)
+        # layers[1] Reverse (3,) -> (3,)
+        # layers[2] UnitGaussianPrior (3,) -> (3,)
+        assert [r.layer for r in records.values()] == ["ActNorm", "Reverse", "UnitGaussianPrior"]
+        ```
     """
     records = _capture_records(flow, x, reverse, key=key, cond=cond)
     z, c, recs = records
@@ -196,7 +217,7 @@ def capture(
         while name in out:  # the same child called twice
             i += 1
             name = f"{base}#{i}"
-        out[name] = Captured(r.x, r.z, r.contribution, r.reverse)
+        out[name] = Captured(r.x, r.z, r.contribution, r.reverse, type(r.layer).__name__)
     return z, c, out
 
 
