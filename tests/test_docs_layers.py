@@ -82,8 +82,8 @@ def _group(cls) -> str:
 def table() -> str:
     shapes = _shapes()
     rows = [
-        "| layer | module | kind | example: shape in -> out | needs a key | needs `cond` | default network |",
-        "|---|---|---|---|---|---|---|",
+        "| layer | kind | example: shape in -> out | needs a key | needs `cond` | default network |",
+        "|---|---|---|---|---|---|",
     ]
     classes: dict[int, list[str]] = {}
     for name in nux.__all__:
@@ -103,7 +103,7 @@ def table() -> str:
         io = shapes.get(cls)
         io = f"{_fmt(io[0])} -> {_fmt(io[1])}" if io and io[0] is not None else ""
         rows.append(
-            f"| {label} | {_group(cls)} | {_kind(cls)} | {io} | "
+            f"| {label} | {_kind(cls)} | {io} | "
             f"{'yes' if getattr(cls, 'needs_key', False) else ''} | "
             f"{'yes' if getattr(cls, 'needs_cond', False) else ''} | {_network(cls)} |"
         )
