@@ -287,6 +287,8 @@ def encode_tree(tree: PyTree) -> tuple[Any, str | None]:
         return _encode(tree, "flow"), None
     except _Unencodable as e:
         return None, str(e)
+    except Exception as e:  # never let describing the configuration break a save
+        return None, f"it could not be described ({type(e).__name__}: {e})"
 
 
 def decode_tree(obj, trusted: tuple[str, ...] = TRUSTED) -> PyTree:
@@ -526,8 +528,9 @@ def load_run(run_dir: str | os.PathLike) -> AbstractFlow:
     if os.path.exists(state):
         header = read_header(state)
         if header.get("tree") is None:
+            why = header.get("tree_missing") or "written by an older nux_eqx"
             raise CheckpointError(
-                f"{state} does not store its flow's configuration (written by an older nux_eqx); load it "
+                f"{state} does not store its flow's configuration ({why}); load it "
                 "with `nux_eqx.train.load_checkpoint(path, flow=..., opt_state=...)`."
             )
         tree = load(state)
