@@ -70,6 +70,7 @@ from ._flow import (
 from ._repeat import Repeat as Repeat
 from ._serialise import CheckpointError as CheckpointError
 from ._serialise import load as load
+from ._serialise import load_run as load_run
 from ._serialise import save as save
 from .bijective import MAF as MAF
 from .bijective import (

@@ -37,6 +37,19 @@ class Sequential(AbstractFlow):
     **Arguments:**
 
     - `*layers`: the flows, data side first.
+
+    !!! example
+
+        ```python
+        import jax
+        import nux_eqx as nux
+
+        x = jax.random.normal(jax.random.key(0), (64, 3))          # a batch of 64 examples
+        flow = nux.Sequential(nux.ActNorm(), nux.Reverse(), nux.UnitGaussianPrior())
+        flow = nux.init(flow, x, key=jax.random.key(1))            # shapes from the batch
+        z, log_px = flow(x[0])                                     # ONE example: (3,) -> (3,), ()
+        print(z.shape, log_px.shape, flow[0].in_shape)             # (3,) () (3,)
+        ```
     """
 
     layers: tuple[AbstractFlow, ...]
@@ -127,6 +140,22 @@ class Invert(AbstractFlow):
     **Arguments:**
 
     - `flow`: the flow to invert.
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import nux_eqx as nux
+
+        x = jax.random.normal(jax.random.key(0), (64, 2)) * 3.0 + 1.0
+        flow = nux.init(nux.Sequential(nux.Invert(nux.ActNorm()), nux.UnitGaussianPrior()),
+                        x, key=jax.random.key(1))
+        inverted, actnorm = flow[0], flow[0].flow     # Invert(ActNorm) and its ActNorm
+        z, c = inverted(x[0])                         # = ActNorm run in reverse
+        x_back, c_back = actnorm(z)
+        assert jnp.allclose(x_back, x[0], atol=1e-4) and jnp.allclose(c, -c_back)
+        ```
     """
 
     flow: AbstractFlow
@@ -216,6 +245,22 @@ class Factored(AbstractFlow):
     - `split`: `jnp.split` semantics: an int `n` for `n` equal parts (must equal the number
       of flows), or a tuple of indices.
     - `axis`: the axis to split along (default: the last, channels for images).
+
+    !!! example
+
+        ```python
+        import jax
+        import nux_eqx as nux
+
+        x = jax.random.normal(jax.random.key(0), (64, 4))
+        flow = nux.Sequential(
+            nux.Factored(nux.ActNorm(), nux.Identity()),   # (4,) -> two halves of (2,)
+            nux.UnitGaussianPrior(),
+        )
+        flow = nux.init(flow, x, key=jax.random.key(1))
+        z, log_px = flow(x[0])
+        print(flow[0].flows[0].in_shape, z.shape)     # (2,) (4,)
+        ```
     """
 
     flows: tuple[AbstractFlow, ...]
@@ -347,6 +392,23 @@ class ChainRule(AbstractFlow):
     - `second`: the (conditional) flow on `x_b`.
     - `split`: an int (2: two equal halves) or a one-element tuple with the split index.
     - `axis`: the axis to split along (default: the last).
+
+    !!! example
+
+        ```python
+        import jax
+        import nux_eqx as nux
+
+        x = jax.random.normal(jax.random.key(0), (64, 4))
+        flow = nux.ChainRule(
+            nux.UnitGaussianPrior(),                                    # p(x_a), x_a: (2,)
+            nux.ConditionalGaussianPrior(hidden_layer_sizes=(16,)),     # p(x_b | x_a)
+        )
+        flow = nux.init(flow, x, key=jax.random.key(1))
+        print(nux.log_prob(flow, x[0]).shape)                           # ()
+        x_new, log_q = nux.sample(flow, jax.random.key(2))
+        print(x_new.shape)                                              # (4,)
+        ```
     """
 
     first: AbstractFlow

@@ -110,8 +110,19 @@ def check_finite(enabled: bool = True) -> Iterator[None]:
     behind a NaN loss.
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nux_eqx
+
+    x = jax.random.normal(jax.random.key(0), (16, 2))
+    flow = nux_eqx.init(nux_eqx.Sequential(nux_eqx.ActNorm(), nux_eqx.UnitGaussianPrior()),
+                        x, key=jax.random.key(1))
+    bad = x.at[3, 0].set(jnp.nan)
     with nux_eqx.check_finite():
-        z, log_px = jax.vmap(flow)(x)
+        try:
+            z, log_px = jax.jit(jax.vmap(flow))(bad)
+        except Exception as e:          # an XlaRuntimeError / EquinoxRuntimeError
+            print(str(e).splitlines()[0])   # names the first layer that saw a NaN
     ```
     """
     with set_flag(_CHECK_FINITE, enabled):
@@ -154,12 +165,14 @@ class Captured(eqx.Module):
     """What one leaf layer saw and did during a [`nux_eqx.capture`][].
 
     **Fields:** `x` (its input), `z` (its output), `contribution` (its log-likelihood
-    contribution), `reverse` (the direction it ran in; static)."""
+    contribution), `reverse` (the direction it ran in; static), `layer` (the layer's
+    class name, such as `"Coupling"`; static)."""
 
     x: Array
     z: Array
     contribution: Array
     reverse: bool = eqx.field(static=True)
+    layer: str = eqx.field(static=True, default="")
 
 
 def capture(
@@ -185,7 +198,26 @@ def capture(
     **Returns:**
 
     `(z, contribution, records)`, where `records` maps each leaf's path inside the
-    flow (such as `"layers[2].flow"`) to a [`nux_eqx.Captured`][], in call order.
+    flow (such as `"layers[2].flow"`) to a [`nux_eqx.Captured`][], in call order; its
+    `layer` names the layer's class.
+
+    !!! example
+
+        ```python
+        import jax
+        import nux_eqx as nux
+
+        x = jax.random.normal(jax.random.key(0), (32, 3))
+        flow = nux.init(nux.Sequential(nux.ActNorm(), nux.Reverse(), nux.UnitGaussianPrior()),
+                        x, key=jax.random.key(1))
+        z, log_px, records = nux.capture(flow, x[0])
+        for path, r in records.items():
+            print(path, r.layer, r.x.shape, "->", r.z.shape)
+        # layers[0] ActNorm (3,) -> (3,)
+        # layers[1] Reverse (3,) -> (3,)
+        # layers[2] UnitGaussianPrior (3,) -> (3,)
+        assert [r.layer for r in records.values()] == ["ActNorm", "Reverse", "UnitGaussianPrior"]
+        ```
     """
     records = _capture_records(flow, x, reverse, key=key, cond=cond)
     z, c, recs = records
@@ -196,7 +228,7 @@ def capture(
         while name in out:  # the same child called twice
             i += 1
             name = f"{base}#{i}"
-        out[name] = Captured(r.x, r.z, r.contribution, r.reverse)
+        out[name] = Captured(r.x, r.z, r.contribution, r.reverse, type(r.layer).__name__)
     return z, c, out
 
 
@@ -636,6 +668,21 @@ def init(
     **Returns:**
 
     A NEW initialised flow; the input flow is unchanged.
+
+    !!! example
+
+        ```python
+        import jax
+        import nux_eqx as nux
+
+        x = jax.random.normal(jax.random.key(0), (128, 2))             # (batch, dim)
+        flow = nux.Sequential(nux.ActNorm(), nux.Coupling(hidden_layer_sizes=(16,)), nux.UnitGaussianPrior())
+        print(flow.is_initialised)                                     # False
+        flow = nux.init(flow, x, key=jax.random.key(1))
+        print(flow.is_initialised, flow.in_shape, flow.out_shape)      # True (2,) (2,)
+        z = jax.vmap(flow)(x)[0]                                       # ActNorm standardised the batch
+        print(z.mean(0).round(3), z.std(0).round(3))
+        ```
     """
     if not isinstance(flow, AbstractFlow):
         raise TypeError(f"nux_eqx.init expects a flow (an AbstractFlow), got {type(flow).__name__}.")
@@ -686,6 +733,19 @@ def log_prob(flow: AbstractFlow, x: Any, *, key: PRNGKeyArray | None = None, con
     **Returns:**
 
     A scalar: `log p(x)` (a bound on it for stochastic layers).
+
+    !!! example
+
+        ```python
+        import jax
+        import nux_eqx as nux
+
+        x = jax.random.normal(jax.random.key(0), (128, 2))
+        flow = nux.init(nux.RealNVP(2, (16,)), x, key=jax.random.key(1))
+        print(nux.log_prob(flow, x[0]).shape)                          # (): one example
+        log_px = jax.vmap(lambda v: nux.log_prob(flow, v))(x)          # a batch: vmap
+        print(log_px.shape)                                            # (128,)
+        ```
     """
     return flow(x, key=key, cond=cond)[1]
 
@@ -714,6 +774,21 @@ def sample(
 
     `(x, log_q)`: the sample and its log-density under the flow (the untempered model,
     so `log_q == nux_eqx.log_prob(flow, x)` at any temperature for bijective flows).
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import nux_eqx as nux
+
+        x = jax.random.normal(jax.random.key(0), (128, 2))
+        flow = nux.init(nux.RealNVP(2, (16,)), x, key=jax.random.key(1))
+        x_new, log_q = nux.sample(flow, jax.random.key(2))            # (2,), ()
+        assert jnp.allclose(log_q, nux.log_prob(flow, x_new), atol=1e-4)
+        xs, log_qs = jax.vmap(lambda k: nux.sample(flow, k))(jax.random.split(jax.random.key(3), 500))
+        print(xs.shape, log_qs.shape)                                  # (500, 2) (500,)
+        ```
     """
     if not flow.is_initialised:
         _check_input(flow, jnp.zeros(()), False)

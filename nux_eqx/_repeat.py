@@ -84,6 +84,21 @@ class Repeat(AbstractFlow):
     - `n`: the number of copies.
     - `unroll`: passed to `jax.lax.scan` (how many blocks per loop iteration; `True`
       unrolls fully, and then convolutions keep XLA's form). Default 1.
+
+    !!! example
+
+        ```python
+        import jax
+        import nux_eqx as nux
+
+        x = jax.random.normal(jax.random.key(0), (64, 4))
+        block = nux.Sequential(nux.ActNorm(), nux.Coupling(hidden_layer_sizes=(16,)), nux.Reverse())
+        flow = nux.init(nux.Sequential(nux.Repeat(block, 6), nux.UnitGaussianPrior()), x,
+                        key=jax.random.key(1))
+        print(flow[0].block.layers[0].b.shape)      # (6, 4): one ActNorm bias per block, stacked
+        print(len(flow[0].blocks()))                # 6: the blocks, unstacked
+        print(nux.log_prob(flow, x[0]).shape)       # ()
+        ```
     """
 
     block: AbstractFlow

@@ -489,17 +489,8 @@ def _load_run(run: str):
 
     config = _read_config(run)
     split = _load_data(config["data"], config["seed"])
-    like = _model(config["model"], split)
-    path = os.path.join(run, "checkpoints", "flow.eqx")
-    if not os.path.exists(path):
-        path = os.path.join(run, "checkpoints", "checkpoint.eqx")
-        if not os.path.exists(path):
-            raise UserError(f"{run} holds no trained flow yet (no checkpoints/flow.eqx).")
-        from nux_eqx.train import load_checkpoint
-
-        return config, split, load_checkpoint(path, flow=like)["flow"]
     try:
-        return config, split, nux.load(path, like)
+        return config, split, nux.load_run(run)  # the architecture is stored with the flow
     except nux.CheckpointError as e:
         raise UserError(str(e)) from e
 

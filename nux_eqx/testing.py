@@ -498,6 +498,19 @@ def check_flow(
 
     The initialised flow. Raises `AssertionError` naming the layer, the check and the
     error when a check fails.
+
+    !!! example
+
+        ```python
+        import jax
+        import nux_eqx as nux
+        from nux_eqx.testing import check_flow
+
+        x = jax.random.normal(jax.random.key(0), (6, 3))       # a few examples suffice
+        flow = check_flow(nux.Sequential(nux.ActNorm(), nux.Reverse(), nux.UnitGaussianPrior()),
+                          x, key=jax.random.key(1))            # raises AssertionError on a failure
+        print(flow.in_shape)                                   # (3,): the initialised flow
+        ```
     """
     x_batch = jnp.asarray(x_batch)
     k_init, k_scr, k_run = jr.split(key, 3)

@@ -45,8 +45,6 @@ class OneByOneConvLDU(AbstractFlow):
     from flat parameters (row-major strict triangles). The contribution is
     `h * w * sum(log_d)`; reverse runs two triangular solves. `L` and `U` start at
     `N(0, 0.01^2)` entries and `log_d` at zero, as in NuX.
-
-    **Arguments:** None
     """
 
     L: Float[Array, " n_off"] | None = None
@@ -82,8 +80,6 @@ class OneByOneConvLU(AbstractFlow):
     `log_s` is learned. As in Glow, `W` starts as a random rotation, factorised as
     `P L U`. The contribution is `h * w * sum(log_s)`; reverse undoes `P` and runs two
     triangular solves, so no matrix is inverted.
-
-    **Arguments:** None
     """
 
     perm: NonTrainable | None = None

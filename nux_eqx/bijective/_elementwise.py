@@ -12,10 +12,7 @@ from .._types import AnyShape, Cond, Key, Scalar
 
 
 class Identity(AbstractFlow):
-    """`z = x`, contribution 0.
-
-    **Arguments:** None
-    """
+    """`z = x`, contribution 0."""
 
     layer_kind: ClassVar[str] = "bijective"
 

@@ -95,8 +95,6 @@ class AffineDense(AbstractFlow):
     `W` starts as a random orthogonal matrix (NuX whitened a Glorot-normal matrix, which
     gives the same distribution) and `b` at zero. The contribution is `log|det W|`;
     reverse solves `W x = z - b`.
-
-    **Arguments:** None
     """
 
     W: Float[Array, "dim dim"] | None = None
@@ -125,8 +123,6 @@ class AffineLDU(AbstractFlow):
     `numpy.triu_indices(dim, 1)` list them). The contribution is `sum(log_d)`; reverse
     runs two triangular solves. As in NuX, `L` and `U` start at `N(0, 0.01^2)` entries and
     `log_d` at zero (close to the identity).
-
-    **Arguments:** None
     """
 
     L: Float[Array, " n_off"] | None = None

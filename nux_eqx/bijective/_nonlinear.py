@@ -19,8 +19,6 @@ class Tanh(AbstractFlow):
     takes `z` in `(-1, 1)`: `x = atanh(z)`. In float32, `tanh` rounds to `±1` for
     `|x| > 9` and loses digits well before that (`atanh(tanh(4))` is off by about `1e-4`),
     so keep the inputs moderate (an `ActNorm` before it helps) or work in float64.
-
-    **Arguments:** None
     """
 
     layer_kind: ClassVar[str] = "bijective"
@@ -42,8 +40,6 @@ class Softplus(AbstractFlow):
 
     The contribution is `sum log sigmoid(x)`; the reverse direction takes `z > 0`:
     `x = z + log(1 - exp(-z))`.
-
-    **Arguments:** None
     """
 
     layer_kind: ClassVar[str] = "bijective"

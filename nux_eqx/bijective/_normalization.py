@@ -19,8 +19,6 @@ class ActNorm(AbstractFlow):
     so the first batch comes out standardised. A feature with (near) zero variance in the
     init batch (constant border pixels, NuX's `jnp.ones` example) gets scale 1, so it
     stays finite and invertible. The contribution is `-sum(log_s) * h * w`.
-
-    **Arguments:** None
     """
 
     b: Float[Array, " c"] | None = None

@@ -18,10 +18,7 @@ def _zero(x):
 
 
 class Reverse(AbstractFlow):
-    """Reverse the last axis, `x[..., ::-1]`: use it between couplings. Its own inverse.
-
-    **Arguments:** None
-    """
+    """Reverse the last axis, `x[..., ::-1]`: use it between couplings. Its own inverse."""
 
     layer_kind: ClassVar[str] = "bijective"
 
@@ -30,10 +27,7 @@ class Reverse(AbstractFlow):
 
 
 class Flatten(AbstractFlow):
-    """Flatten one example to a vector; reverse restores the recorded shape.
-
-    **Arguments:** None
-    """
+    """Flatten one example to a vector; reverse restores the recorded shape."""
 
     layer_kind: ClassVar[str] = "bijective"
 
@@ -121,8 +115,6 @@ class Squeeze(AbstractFlow):
 
     Output channel `(i * 2 + j) * c + k` holds pixel `(2y + i, 2x + j)` of channel `k`.
     `h` and `w` must be even.
-
-    **Arguments:** None
     """
 
     layer_kind: ClassVar[str] = "bijective"
@@ -146,8 +138,6 @@ class UnSqueeze(AbstractFlow):
     """2x2 depth-to-space, the inverse of `Squeeze`: `(h, w, c) -> (2h, 2w, c/4)`.
 
     `c` must be divisible by 4.
-
-    **Arguments:** None
     """
 
     layer_kind: ClassVar[str] = "bijective"

@@ -95,6 +95,21 @@ def MultiscaleGlow(
       (see `Repeat`); use it there for deep stacks where compile time dominates.
 
     **Returns:** an un-initialised `Sequential`; call `nux_eqx.init` on a batch.
+
+    !!! example
+
+        ```python
+        import jax
+        import nux_eqx as nux
+
+        # integer images of 17 levels, (batch, h, w, c) = (8, 4, 4, 1)
+        x = jax.random.randint(jax.random.key(0), (8, 4, 4, 1), 0, 17).astype("float32")
+        glow = nux.MultiscaleGlow(n_levels=1, n_blocks=1, n_channels=4, dequantize=17)
+        glow = nux.init(glow, x, key=jax.random.key(1))
+        log_px = nux.log_prob(glow, x[0], key=jax.random.key(2))   # dequantisation needs a key
+        print(glow.in_shape, log_px.shape)                          # (4, 4, 1) ()
+        bits_per_dim = nux.train.bits_per_dim(-log_px, glow.in_shape)
+        ```
     """
     if n_levels < 1 or n_blocks < 1:
         raise ValueError(f"MultiscaleGlow: n_levels and n_blocks must be >= 1, got {n_levels}, {n_blocks}.")

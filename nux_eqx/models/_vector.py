@@ -78,6 +78,17 @@ def RealNVP(
       then that of the discrete data, a lower bound).
 
     **Returns:** an un-initialised `Sequential`; call `nux_eqx.init` on a batch.
+
+    !!! example
+
+        ```python
+        import jax
+        import nux_eqx as nux
+
+        x = jax.random.normal(jax.random.key(0), (256, 2))
+        flow = nux.init(nux.RealNVP(4, (32, 32)), x, key=jax.random.key(1))   # 4 layers, MLP 2x32
+        print(len(flow.layers), nux.log_prob(flow, x[0]).shape)               # 13 ()
+        ```
     """
     n_layers = _check_layers("RealNVP", n_layers)
     _check_permutation("RealNVP", permutation)
@@ -118,6 +129,17 @@ def MaskedAutoregressiveFlow(
     - `seed`: the seed of the first layer's ordering.
 
     **Returns:** an un-initialised `Sequential`.
+
+    !!! example
+
+        ```python
+        import jax
+        import nux_eqx as nux
+
+        x = jax.random.normal(jax.random.key(0), (256, 3))
+        flow = nux.init(nux.MaskedAutoregressiveFlow(2, (32,)), x, key=jax.random.key(1))
+        print(nux.log_prob(flow, x[0]).shape, nux.sample(flow, jax.random.key(2))[0].shape)  # () (3,)
+        ```
     """
     from ..bijective import MAF
 
@@ -160,6 +182,18 @@ def NeuralSplineFlow(
     - `dequantize`, `lmbda`: as for [`RealNVP`][].
 
     **Returns:** an un-initialised `Sequential`.
+
+    !!! example
+
+        ```python
+        import jax
+        import nux_eqx as nux
+
+        x = jax.random.normal(jax.random.key(0), (256, 2))
+        flow = nux.init(nux.NeuralSplineFlow(2, (16,), K=8, B=4.0), x, key=jax.random.key(1))
+        z, log_px = flow(x[0])
+        print(z.shape, log_px.shape)                  # (2,) ()
+        ```
     """
     from ..bijective import NeuralSpline
 

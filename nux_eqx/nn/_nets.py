@@ -138,6 +138,7 @@ def loop_body():
     convolution. [`nux_eqx.Repeat`][] traces its scanned blocks in it; use it in your own
     `lax.scan` over layers that hold `Conv2d`s:
 
+    <!-- not-run: a sketch; body, carry and stacked_params are yours -->
     ```python
     with nux.nn.loop_body():
         carry, _ = jax.lax.scan(body, carry, stacked_params)

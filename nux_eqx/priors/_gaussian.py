@@ -27,8 +27,6 @@ class UnitGaussianPrior(AbstractFlow):
 
     Forward and reverse pass `z` through unchanged with contribution `log N(z; 0, I)`.
     [`nux_eqx.sample`][] draws `z = temperature * eps`.
-
-    **Arguments:** None
     """
 
     layer_kind: ClassVar[str] = "prior"

@@ -44,8 +44,6 @@ class DiagGaussianPrior(AbstractFlow):
 
     Starts as `N(0, I)` (mean and log-scale zero). [`nux_eqx.sample`][] draws
     `x = mean + exp(log_scale) * temperature * eps`.
-
-    **Arguments:** None
     """
 
     mean: AnyShape | None
@@ -495,8 +493,6 @@ class LogisticPrior(AbstractFlow):
 
     Sampling draws `temperature * logistic noise`. Heavier tails than `N(0, I)`; after a
     `Sigmoid`, it is the uniform distribution on `(0, 1)`.
-
-    **Arguments:** None
     """
 
     layer_kind: ClassVar[str] = "prior"

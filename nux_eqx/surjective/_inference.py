@@ -271,8 +271,6 @@ class Abs(AbstractFlow):
     optimum for a symmetric density) it equals the symmetric `log p(x)` when `p(z)` is the
     folded density of `|x|`. The prior after `Abs` should live on `z >= 0`. Reverse
     samples the signs with its key (it needs one).
-
-    **Arguments:** None
     """
 
     logits: AnyShape | None
@@ -315,8 +313,6 @@ class Sort(AbstractFlow):
     log of a sub-normalised density (total mass = its probability of the sorted cone, `1/D!`
     for an exchangeable one), a lower bound. Use for exchangeable data (sets). Reverse
     applies a random permutation drawn with its key (it needs one).
-
-    **Arguments:** None
     """
 
     layer_kind: ClassVar[str] = "surjective"

@@ -321,6 +321,21 @@ def fit(
 
     A non-finite loss or gradient stops training with a warning; the flow returned is the
     one after the last finite step (updates with a non-finite loss are never applied).
+
+    !!! example
+
+        ```python
+        import jax
+        import nux_eqx as nux
+
+        x = nux.data.toy_sample("8gaussians", 2048, seed=0)    # (2048, 2) numpy array
+        flow, history = nux.train.fit(
+            nux.RealNVP(4, (32, 32)), x, key=jax.random.key(0),
+            steps=50, batch_size=128, valid=x[:256], eval_every=25, progress=False,
+        )
+        print(history["steps"], len(history["train_loss"]), history["valid_step"])   # 50 50 [25, 50]
+        print(flow.in_shape)                                                          # (2,)
+        ```
     """
     # ---- data and settings ----------------------------------------------------------
     if hasattr(data, "train") and hasattr(data, "valid") and not isinstance(data, np.ndarray):

@@ -165,6 +165,7 @@ def make_step(
     Only the trainable arrays are optimised ([`nux_eqx.trainable`][]: `NonTrainable`
     arrays are skipped).
 
+    <!-- not-run: a sketch; flow, batches and key are yours (a runnable loop is in the fit tutorial) -->
     ```python
     step = nux.train.make_step(optax.adam(1e-3))
     opt_state = step.init(flow)
