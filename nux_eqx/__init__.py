@@ -141,6 +141,15 @@ from .bijective import (
 )
 from .bijective import rational_quadratic_spline as rational_quadratic_spline
 from .bijective import spline_knots as spline_knots
+from .bijective import AbstractEstimableFlow as AbstractEstimableFlow
+from .bijective import ContinuousFlow as ContinuousFlow
+from .bijective import StochasticLogDet as StochasticLogDet
+from .bijective import TimeMLP as TimeMLP
+from .bijective import stochastic_log_det as stochastic_log_det
+from .bijective import LipschitzNetwork as LipschitzNetwork
+from .bijective import LipSwish as LipSwish
+from .bijective import ResidualFlow as ResidualFlow
+from .bijective import update_spectral_state as update_spectral_state
 from .injective import AbstractNoisyInjective as AbstractNoisyInjective
 from .injective import CouplingTallAffineDiagCov as CouplingTallAffineDiagCov
 from .injective import CouplingUpSample as CouplingUpSample

@@ -52,12 +52,33 @@ def _err(a, b) -> float:
     return float(np.max(np.abs(a - b) / (1.0 + np.abs(b)))) if a.size else 0.0
 
 
+def _declared_tolerance(flow: PyTree) -> float:
+    """The largest `check_tolerance` any layer inside `flow` declares (0 if none)."""
+    found = [0.0]
+
+    def visit(node):
+        if isinstance(node, AbstractFlow) and node.check_tolerance is not None:
+            found.append(float(node.check_tolerance))
+        return False
+
+    jax.tree_util.tree_leaves(flow, is_leaf=visit)  # visits every node
+    return max(found)
+
+
 class _Checker:
-    def __init__(self, tol: float):
+    """Compares values; `floor` is the tolerance the checked layers declare
+    (`AbstractFlow.check_tolerance`): every comparison is loosened to at least it. This is
+    the one place where a layer's declared tolerance enters `check_flow`."""
+
+    def __init__(self, tol: float, floor: float = 0.0):
         self.tol = tol
+        self.floor = floor
+
+    def for_layer(self, layer: AbstractFlow) -> "_Checker":
+        return _Checker(self.tol, _declared_tolerance(layer))
 
     def close(self, where: str, what: str, a, b, tol: float | None = None):
-        tol = self.tol if tol is None else tol
+        tol = max(self.tol if tol is None else tol, self.floor)
         e = _err(a, b)
         if not e <= tol:
             raise AssertionError(
@@ -333,7 +354,10 @@ def check_flow(
     - `scramble_params`: repeat the checks on scrambled parameters (default `True`).
     - `n_jacobian`: how many examples get the brute-force Jacobian check.
     - `n_monte_carlo`: samples for the normalisation check of low-dimensional priors.
-    - `tol`: relative tolerance of the float32 checks.
+    - `tol`: relative tolerance of the float32 checks. A layer whose inverse or
+      log-determinant is numerical declares its own floor in
+      `AbstractFlow.check_tolerance` (e.g. `ContinuousFlow`: the solver's accuracy), and
+      every comparison on it (and on a flow containing it) is loosened to at least that.
 
     **Returns:**
 
@@ -344,7 +368,7 @@ def check_flow(
     k_init, k_scr, k_run = jr.split(key, 3)
     if not flow.is_initialised:
         flow = eqx.filter_jit(init)(flow, x_batch, key=k_init, cond=cond_batch)
-    ck = _Checker(tol)
+    ck = _Checker(tol, _declared_tolerance(flow))
     keys = _keys(k_run, x_batch.shape[0])
     versions = [("at init", flow)]
     if scramble_params:
@@ -354,15 +378,16 @@ def check_flow(
         for path, layer, rev, x_in, k_in, c_in, z_out, _ in _leaf_records(f, x_batch, keys, cond_batch):
             where = f"{path or type(layer).__name__} ({type(layer).__name__}, {label})"
             xd = z_out if rev else x_in  # the layer's data-side batch
+            lck = ck.for_layer(layer)
             kind = getattr(type(layer), "layer_kind", None)
             if kind == "bijective":
-                _check_bijective(ck, where, layer, xd, k_in if k_in is not None else keys, c_in, n_jacobian)
+                _check_bijective(lck, where, layer, xd, k_in if k_in is not None else keys, c_in, n_jacobian)
             elif kind == "injective":
-                _check_injective(ck, where, layer, xd, k_in if k_in is not None else keys, c_in, n_jacobian)
+                _check_injective(lck, where, layer, xd, k_in if k_in is not None else keys, c_in, n_jacobian)
             elif kind == "prior":
-                _check_prior(ck, where, layer, xd, keys, c_in, n_monte_carlo)
+                _check_prior(lck, where, layer, xd, keys, c_in, n_monte_carlo)
             elif kind in ("surjective", "stochastic"):
-                _check_stochastic(ck, where, layer, xd, keys, c_in)
+                _check_stochastic(lck, where, layer, xd, keys, c_in)
             else:
                 raise AssertionError(
                     f"check_flow: {where} declares layer_kind={kind!r}; expected one of "

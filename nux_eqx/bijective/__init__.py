@@ -71,3 +71,12 @@ from ._spline import RationalQuadraticSpline as RationalQuadraticSpline
 from ._spline import rational_quadratic_spline as rational_quadratic_spline
 from ._spline import spline_from_knots as spline_from_knots
 from ._spline import spline_knots as spline_knots
+from ._continuous import ContinuousFlow as ContinuousFlow
+from ._continuous import TimeMLP as TimeMLP
+from ._stochastic_logdet import AbstractEstimableFlow as AbstractEstimableFlow
+from ._stochastic_logdet import StochasticLogDet as StochasticLogDet
+from ._stochastic_logdet import stochastic_log_det as stochastic_log_det
+from ._residual import LipSwish as LipSwish
+from ._residual import LipschitzNetwork as LipschitzNetwork
+from ._residual import ResidualFlow as ResidualFlow
+from ._residual import update_spectral_state as update_spectral_state
