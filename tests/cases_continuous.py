@@ -23,9 +23,25 @@ def _cnf(**kw):
     return nux.ContinuousFlow(hidden_layer_sizes=(8,), **kw)
 
 
+def _res(**kw):
+    return nux.ResidualFlow((8,), n_channels=4, **kw)
+
+
 CASES = {
     "ContinuousFlow": Case(lambda: _cnf(), vec2),
     "ContinuousFlow-conditional-stochastic": Case(
         lambda: nux.StochasticLogDet(_cnf()), vec2, cond=cond3, covers=("StochasticLogDet", "ContinuousFlow")
+    ),
+    "ResidualFlow": Case(lambda: _res()),
+    "ResidualFlow-image": Case(lambda: _res(), "image", covers=("ResidualFlow",)),
+    "ResidualFlow-conditional-stochastic": Case(
+        lambda: nux.StochasticLogDet(_res()), cond=cond3, covers=("StochasticLogDet", "ResidualFlow")
+    ),
+    # wrapped and unwrapped again by stochastic_log_det: a plain bijective stack
+    "ResidualFlow-stack": Case(
+        lambda: nux.stochastic_log_det(
+            nux.stochastic_log_det(nux.Sequential(nux.ActNorm(), _res(), nux.ActNorm(), _res())), False
+        ),
+        covers=("ResidualFlow",),
     ),
 }
