@@ -22,7 +22,9 @@ first `n_test_eval` test points (the exact NLL of the generating mixture is 2.83
   RecursiveCheckpointAdjoint.
 - `zuko:cnf`: `zuko.flows.CNF(2, hidden_features=(64, 64))`: an ELU MLP of (x, 3 sin/cos
   time frequencies), exact trace, its adaptive Dormand-Prince solver with atol = 1e-6,
-  rtol = 1e-5 and its adaptive checkpoint adjoint (zuko's defaults).
+  rtol = 1e-5 and its adaptive checkpoint adjoint (zuko's defaults), one torch thread.
+  It runs ~5x slower per step here, so it trains for `--peer-steps` (its own complete
+  schedule); `nux:ffjord-peer-steps` is nux_eqx with the same step budget.
 - `nux:residual`: 8 blocks `ActNorm() -> ResidualFlow((64, 64))` (Lipschitz coefficient
   0.9 per layer, exact 2-D log-determinant while training), then `UnitGaussianPrior()`;
   `update_spectral_state` after training.
@@ -67,8 +69,12 @@ def _toy_data(cfg):
     )
 
 
+def _warmup(cfg):
+    return min(200, cfg["steps"] // 10)
+
+
 def _lr(cfg, i):
-    warm, total, lr = 200, cfg["steps"], cfg["lr"]
+    warm, total, lr = _warmup(cfg), cfg["steps"], cfg["lr"]
     if i < warm:
         return lr * i / warm
     frac = (i - warm) / max(total - warm, 1)
@@ -107,7 +113,9 @@ def _nux_toy(cfg, name):
     train, valid, test = _toy_data(cfg)
     flow = nux.init(_nux_model(name), jnp.asarray(train[:2048]), key=jr.key(cfg["seed"]))
     # the same schedule as `_lr` (zuko's loop)
-    opt = optax.adam(optax.warmup_cosine_decay_schedule(0.0, cfg["lr"], 200, cfg["steps"], cfg["lr"] * 0.01))
+    opt = optax.adam(
+        optax.warmup_cosine_decay_schedule(0.0, cfg["lr"], _warmup(cfg), cfg["steps"], cfg["lr"] * 0.01)
+    )
     step = make_step(opt)
     opt_state = step.init(flow)
     batches = C.epoch_batches(len(train), cfg["batch_size"], 1)
@@ -116,10 +124,14 @@ def _nux_toy(cfg, name):
     jax.block_until_ready(loss)
     first = time.perf_counter() - t0
     losses = [float(loss)]
+    done = cfg["steps"]
     for i in range(1, cfg["steps"]):
         flow, opt_state, loss = step(flow, opt_state, jnp.asarray(train[next(batches)]), key=jr.key(i))
         if i % 100 == 0:
             losses.append(float(loss))
+            if time.perf_counter() - t0 > cfg["max_seconds"]:
+                done = i + 1
+                break
     jax.block_until_ready(loss)
     wall = time.perf_counter() - t0
     if name == "residual":
@@ -135,9 +147,10 @@ def _nux_toy(cfg, name):
         "library": "nux_eqx",
         "model": name,
         "test_nll": sum(chunks) / len(test),
+        "steps": done,
         "train_wall_s": wall,
         "first_step_s": first,
-        "steps_per_s": (cfg["steps"] - 1) / max(wall - first, 1e-9),
+        "steps_per_s": (done - 1) / max(wall - first, 1e-9),
         "eval_s": eval_s,
         "loss_every_100": losses,
     }
@@ -149,6 +162,13 @@ def _nux_toy(cfg, name):
 
 def job_nux_ffjord(cfg):
     return _nux_toy(cfg, "ffjord")
+
+
+def job_nux_ffjord_peer_steps(cfg):
+    """FFJORD with zuko's (shorter) step budget: the equal-steps comparison."""
+    out = _nux_toy({**cfg, "steps": cfg["peer_steps"]}, "ffjord")
+    out["model"] = "ffjord (peer steps)"
+    return out
 
 
 def job_nux_residual(cfg):
@@ -215,14 +235,17 @@ def job_zuko_cnf(cfg):
     import zuko
 
     torch.manual_seed(cfg["seed"])
-    torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+    # one thread: on the shared machine more threads oversubscribe the cores (measured
+    # 15-30 s per step with 2 threads under load, 1.25 s with 1)
+    torch.set_num_threads(1)
+    cfg = {**cfg, "steps": cfg["peer_steps"]}
     train, valid, test = _toy_data(cfg)
     flow = zuko.flows.CNF(2, hidden_features=(64, 64))
     opt = torch.optim.Adam(flow.parameters(), lr=cfg["lr"])
     batches = C.epoch_batches(len(train), cfg["batch_size"], 1)
     xt = torch.from_numpy(train)
     t0 = time.perf_counter()
-    first, losses = None, []
+    first, losses, done = None, [], cfg["steps"]
     for i in range(cfg["steps"]):
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, i)
@@ -235,6 +258,9 @@ def job_zuko_cnf(cfg):
             first = time.perf_counter() - t0
         if i % 100 == 0:
             losses.append(float(loss))
+            if i > 0 and time.perf_counter() - t0 > cfg["max_seconds"]:
+                done = i + 1
+                break
     wall = time.perf_counter() - t0
     t1 = time.perf_counter()
     with torch.no_grad():
@@ -244,9 +270,10 @@ def job_zuko_cnf(cfg):
         "library": "zuko",
         "model": "cnf",
         "test_nll": tot / len(test),
+        "steps": done,
         "train_wall_s": wall,
         "first_step_s": first,
-        "steps_per_s": (cfg["steps"] - 1) / max(wall - first, 1e-9),
+        "steps_per_s": (done - 1) / max(wall - first, 1e-9),
         "eval_s": time.perf_counter() - t1,
         "loss_every_100": losses,
     }
@@ -254,6 +281,7 @@ def job_zuko_cnf(cfg):
 
 JOBS = {
     "nux:ffjord": job_nux_ffjord,
+    "nux:ffjord-peer-steps": job_nux_ffjord_peer_steps,
     "zuko:cnf": job_zuko_cnf,
     "nux:residual": job_nux_residual,
     "nux:realnvp": job_nux_realnvp,
@@ -261,35 +289,52 @@ JOBS = {
 }
 
 
-def _run(jobs, cfg, peer_python, timeout_s):
-    results = []
+def _run(jobs, cfg, peer_python, timeout_s, parallel=1):
+    """Run each job in its own worker process, at most `parallel` at a time, in order."""
+    results = {}
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with tempfile.TemporaryDirectory(prefix="nux_bench_") as tmp:
         cfg_path = os.path.join(tmp, "config.json")
         with open(cfg_path, "w") as f:
             json.dump(cfg, f)
-        for job in jobs:
-            out = os.path.join(tmp, job.replace(":", "_") + ".json")
-            py = peer_python if job.startswith("zuko:") else sys.executable
-            cmd = [py, os.path.abspath(__file__), "--worker", job, "--config", cfg_path, "--out", out]
-            load = C.load_average()
-            t0 = time.perf_counter()
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-                rc, err = proc.returncode, proc.stderr
-            except subprocess.TimeoutExpired:
-                rc, err = -1, f"timed out after {timeout_s} s"
-            if rc == 0 and os.path.exists(out):
-                with open(out) as f:
-                    res = json.load(f)
-            else:
-                res = {"job": job, "error": (err or "")[-3000:], "returncode": rc}
-            res["load_before"] = load
-            res["process_wall_s"] = time.perf_counter() - t0
-            results.append(res)
-            status = "ok" if "error" not in res else "FAILED: " + res["error"].strip().splitlines()[-1:][0]
-            print(f"  {job:22s} {res['process_wall_s']:7.1f} s  (load {load[0]:.1f})  {status}", flush=True)
-    return results
+        pending, running = list(jobs), {}
+        while pending or running:
+            while pending and len(running) < parallel:
+                job = pending.pop(0)
+                out = os.path.join(tmp, job.replace(":", "_") + ".json")
+                py = peer_python if job.startswith("zuko:") else sys.executable
+                cmd = [py, os.path.abspath(__file__), "--worker", job, "--config", cfg_path, "--out", out]
+                proc = subprocess.Popen(
+                    cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+                )
+                running[job] = (proc, out, C.load_average(), time.perf_counter())
+            time.sleep(1.0)
+            for job, (proc, out, load, t0) in list(running.items()):
+                timed_out = time.perf_counter() - t0 > timeout_s
+                if proc.poll() is None and not timed_out:
+                    continue
+                if timed_out and proc.poll() is None:
+                    proc.kill()
+                err = proc.stderr.read() if proc.stderr else ""
+                if proc.returncode == 0 and os.path.exists(out):
+                    with open(out) as f:
+                        res = json.load(f)
+                else:
+                    res = {"job": job, "error": (err or "timed out")[-3000:], "returncode": proc.returncode}
+                res["load_before"] = load
+                res["process_wall_s"] = time.perf_counter() - t0
+                results[job] = res
+                del running[job]
+                brief = {k: res.get(k) for k in ("test_nll", "test_bpd", "steps", "train_wall_s") if k in res}
+                status = (
+                    "ok " + json.dumps(brief)
+                    if "error" not in res
+                    else "FAILED: " + res["error"].strip()[-300:]
+                )
+                print(
+                    f"  {job:22s} {res['process_wall_s']:7.1f} s  (load {load[0]:.1f})  {status}", flush=True
+                )
+    return [results[j] for j in jobs]
 
 
 def main(argv=None):
@@ -299,8 +344,9 @@ def main(argv=None):
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="300 steps, 5k test points, 20 s digits")
-    p.add_argument("--jobs", default="nux:ffjord,zuko:cnf,nux:residual,nux:realnvp")
+    p.add_argument("--jobs", default="nux:ffjord,zuko:cnf,nux:ffjord-peer-steps,nux:residual,nux:realnvp")
     p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--peer-steps", type=int, default=1200, help="zuko's steps (its CNF is slower per step)")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--n-test-eval", type=int, default=20_000)
@@ -309,22 +355,26 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peer-python", default="/work/bench-venv/bin/python")
     p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--max-seconds", type=float, default=1e9, help="stop each toy job's training after this")
+    p.add_argument("--parallel", type=int, default=1, help="workers at a time (they then share the CPUs)")
     a = p.parse_args(argv)
     cfg = {
         "steps": 300 if a.quick else a.steps,
+        "peer_steps": 100 if a.quick else a.peer_steps,
         "batch_size": a.batch_size,
         "lr": a.lr,
         "n_test_eval": 5000 if a.quick else a.n_test_eval,
         "digits_seconds": 20.0 if a.quick else a.digits_seconds,
         "digits_blocks": a.digits_blocks,
         "seed": a.seed,
+        "max_seconds": a.max_seconds,
     }
     jobs = [j.strip() for j in a.jobs.split(",") if j.strip()]
     for j in jobs:
         if j not in JOBS:
             raise SystemExit(f"unknown job {j!r}; choose from {sorted(JOBS)}")
     print(f"config: {cfg}", flush=True)
-    rows = _run(jobs, cfg, a.peer_python, a.timeout)
+    rows = _run(jobs, cfg, a.peer_python, a.timeout, a.parallel)
     for r in rows:
         if "test_nll" in r:
             r["gap_to_2.831"] = r["test_nll"] - TRUE_NLL
@@ -336,6 +386,7 @@ def main(argv=None):
                 ("test_nll", "test NLL (nats)", ".4f"),
                 ("gap_to_2.831", "gap to 2.831", "+.4f"),
                 ("test_bpd", "test bits/dim", ".3f"),
+                ("steps", "steps", ""),
                 ("train_wall_s", "train wall s", ".1f"),
                 ("steps_per_s", "steps/s", ".2f"),
                 ("eval_s", "eval s", ".1f"),
