@@ -320,7 +320,12 @@ def _run(jobs, cfg, peer_python, timeout_s, parallel=1):
                     with open(out) as f:
                         res = json.load(f)
                 else:
-                    res = {"job": job, "error": (err or "timed out")[-3000:], "returncode": proc.returncode}
+                    why = (
+                        "timed out"
+                        if timed_out
+                        else f"exited with {proc.returncode} (negative: killed by signal)"
+                    )
+                    res = {"job": job, "error": (err or why)[-3000:], "returncode": proc.returncode}
                 res["load_before"] = load
                 res["process_wall_s"] = time.perf_counter() - t0
                 results[job] = res

@@ -3,6 +3,7 @@ integrates to 1, options and errors. `check_flow` runs on it through the registr
 (tests/cases_continuous.py)."""
 
 import sys
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import nux_eqx as nux
-from nux_eqx.testing import scramble
+from nux_eqx.testing import check_flow, scramble
 
 pytest.importorskip("diffrax")
 
@@ -140,3 +141,31 @@ def test_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "diffrax", None)  # as if not installed
     with pytest.raises(ImportError, match=r"nux_eqx\[continuous\]"):
         nux.ContinuousFlow()
+
+
+class _Sloppy(nux.AbstractFlow):
+    """An identity whose inverse is off by 1e-4, like a solve with a loose tolerance."""
+
+    layer_kind: ClassVar[str] = "bijective"
+
+    def transform(self, x, reverse, *, key, cond):
+        return (x + 1e-4 if reverse else x), jnp.zeros((), x.dtype)
+
+
+class _DeclaredSloppy(nux.AbstractFlow):
+    layer_kind: ClassVar[str] = "bijective"
+    check_tolerance: ClassVar[float] = 1e-3
+
+    def transform(self, x, reverse, *, key, cond):
+        return (x + 1e-4 if reverse else x), jnp.zeros((), x.dtype)
+
+
+def test_check_flow_uses_the_declared_tolerance():
+    """check_flow loosens its comparisons to the tolerance a layer declares, and only for
+    flows that contain such a layer."""
+    x = jr.normal(jr.key(0), (4, 2))
+    with pytest.raises(AssertionError, match=r"reverse\(forward\(x\)\) == x"):
+        check_flow(_Sloppy(), x, key=jr.key(1), scramble_params=False)
+    check_flow(_DeclaredSloppy(), x, key=jr.key(1), scramble_params=False)
+    check_flow(nux.Sequential(_DeclaredSloppy(), nux.UnitGaussianPrior()), x, key=jr.key(1))
+    assert nux.ContinuousFlow(rtol=1e-4, atol=1e-6).check_tolerance == pytest.approx(1e-2)
