@@ -234,18 +234,20 @@ class ContinuousFlow(AbstractEstimableFlow):
     def _solve(self, x: Array, reverse: bool, cond: PyTree, eps: Array | None) -> tuple[Array, Array]:
         dfx = _diffrax()
         shape = x.shape
-        net = self.vector_field
 
+        # The network, cond and probe travel in `args`, not in a closure: BacksolveAdjoint
+        # differentiates with respect to `args` only.
         def field(t, state, args):
+            net, c, e = args
             y, _ = state
 
             def f(v):
-                return net(t, v.reshape(shape), cond).reshape(-1)
+                return net(t, v.reshape(shape), c).reshape(-1)
 
-            if eps is None:
+            if e is None:
                 dy, tr = _exact_trace(f, y)
             else:
-                dy, tr = _hutchinson_trace(f, y, eps)
+                dy, tr = _hutchinson_trace(f, y, e)
             return dy, tr.astype(y.dtype)
 
         t0, t1 = (self.t1, 0.0) if reverse else (0.0, self.t1)
@@ -257,6 +259,7 @@ class ContinuousFlow(AbstractEstimableFlow):
             t1,
             None,
             y0,
+            args=(self.vector_field, cond, eps),
             stepsize_controller=dfx.PIDController(rtol=self.rtol, atol=self.atol),
             adjoint=self.adjoint,
             max_steps=self.max_steps,
