@@ -73,6 +73,7 @@ from ._serialise import load as load
 from ._serialise import load_run as load_run
 from ._serialise import save as save
 from .bijective import MAF as MAF
+from .bijective import AbstractEstimableFlow as AbstractEstimableFlow
 from .bijective import (
     ActNorm as ActNorm,
 )
@@ -86,6 +87,7 @@ from .bijective import ConditionalMaskedAutoregressiveSpline as ConditionalMaske
 from .bijective import (
     ConditionedCoupling as ConditionedCoupling,
 )
+from .bijective import ContinuousFlow as ContinuousFlow
 from .bijective import (
     Coupling as Coupling,
 )
@@ -99,6 +101,8 @@ from .bijective import (
 from .bijective import (
     LeakyReLU as LeakyReLU,
 )
+from .bijective import LipschitzNetwork as LipschitzNetwork
+from .bijective import LipSwish as LipSwish
 from .bijective import LocalDense as LocalDense
 from .bijective import (
     Logit as Logit,
@@ -115,10 +119,13 @@ from .bijective import OneByOneConvLDU as OneByOneConvLDU
 from .bijective import OnebyOneConvLDU as OnebyOneConvLDU
 from .bijective import OneByOneConvLU as OneByOneConvLU
 from .bijective import Permute as Permute
+from .bijective import Planar as Planar
+from .bijective import Radial as Radial
 from .bijective import RationalQuadraticSpline as RationalQuadraticSpline
 from .bijective import (
     Reshape as Reshape,
 )
+from .bijective import ResidualFlow as ResidualFlow
 from .bijective import (
     Reverse as Reverse,
 )
@@ -133,7 +140,9 @@ from .bijective import Softplus as Softplus
 from .bijective import (
     Squeeze as Squeeze,
 )
+from .bijective import StochasticLogDet as StochasticLogDet
 from .bijective import Tanh as Tanh
+from .bijective import TimeMLP as TimeMLP
 from .bijective import (
     Transpose as Transpose,
 )
@@ -142,6 +151,8 @@ from .bijective import (
 )
 from .bijective import rational_quadratic_spline as rational_quadratic_spline
 from .bijective import spline_knots as spline_knots
+from .bijective import stochastic_log_det as stochastic_log_det
+from .bijective import update_spectral_state as update_spectral_state
 from .injective import AbstractNoisyInjective as AbstractNoisyInjective
 from .injective import CouplingTallAffineDiagCov as CouplingTallAffineDiagCov
 from .injective import CouplingUpSample as CouplingUpSample
@@ -180,8 +191,6 @@ from .surjective import Slice as Slice
 from .surjective import Sort as Sort
 from .surjective import UniformDequantization as UniformDequantization
 from .surjective import VariationalDequantization as VariationalDequantization
-from .bijective import Planar as Planar
-from .bijective import Radial as Radial
 
 try:
     __version__ = importlib.metadata.version("nux_eqx")

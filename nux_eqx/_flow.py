@@ -279,6 +279,12 @@ class AbstractFlow(eqx.Module):
     """Whether the layer needs a `key` in the forward direction (dequantisation)."""
     needs_cond: ClassVar[bool] = False
     """Whether the layer always needs a `cond`."""
+    check_tolerance: ClassVar[float | None] = None
+    """The relative tolerance `check_flow` grants this layer, for layers whose inverse or
+    log-determinant is numerical (an ODE solve, a fixed-point iteration): `check_flow`
+    loosens each of its comparisons to at least this value. `None` (the default) for
+    layers exact to float precision. A layer may compute it from its settings with a
+    property (`ContinuousFlow` gives `100 * max(rtol, atol)`)."""
 
     def __check_init__(self) -> None:
         # Equinox flattens a Module whose instance `__dict__` has fewer entries than it

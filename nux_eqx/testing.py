@@ -52,6 +52,19 @@ def _err(a, b) -> float:
     return float(np.max(np.abs(a - b) / (1.0 + np.abs(b)))) if a.size else 0.0
 
 
+def _declared_tolerance(flow: PyTree) -> float:
+    """The largest `check_tolerance` any layer inside `flow` declares (0 if none)."""
+    found = [0.0]
+
+    def visit(node):
+        if isinstance(node, AbstractFlow) and node.check_tolerance is not None:
+            found.append(float(node.check_tolerance))
+        return False
+
+    jax.tree_util.tree_leaves(flow, is_leaf=visit)  # visits every node
+    return max(found)
+
+
 _EPS32 = float(np.finfo(np.float32).eps)
 
 
@@ -73,14 +86,22 @@ class _Checker:
       tolerance gives a well-conditioned map. When a round trip only passes this way, it
       is repeated in float64, where it must pass too (so the inverse formula itself is
       still checked where float32 cannot resolve it).
+    - **declared floor.** A layer whose inverse or log-determinant is numerical declares
+      `AbstractFlow.check_tolerance` (e.g. `ContinuousFlow`: its solver's accuracy); every
+      comparison on it, and on a flow containing it, is loosened to at least that floor.
     """
 
-    def __init__(self, tol: float, dtype):
+    def __init__(self, tol: float, dtype, floor: float = 0.0):
         self.user_tol = tol
+        self.dtype = dtype
+        self.floor = floor
         eps = float(jnp.finfo(dtype).eps) if jnp.issubdtype(dtype, jnp.floating) else _EPS32
         self.ratio = eps / _EPS32
         self.tol = tol * max(1.0, self.ratio)
         self.safety = tol / _EPS32
+
+    def for_layer(self, layer: AbstractFlow) -> "_Checker":
+        return _Checker(self.user_tol, self.dtype, _declared_tolerance(layer))
 
     def close(self, where: str, what: str, a, b, tol: float | None = None, rounding=None) -> bool:
         """Pass if `a` is close to `b`; return whether the conditioning was needed.
@@ -88,7 +109,7 @@ class _Checker:
         `rounding`: an optional zero-argument function returning `rho` (broadcastable to
         `b`), the relative change of the compared value under perturbations of one unit
         roundoff; called only when the base tolerance fails."""
-        tol = self.tol if tol is None else tol * max(1.0, self.ratio)
+        tol = max(self.tol if tol is None else tol * max(1.0, self.ratio), self.floor)
         e = _err(a, b)
         if e <= tol:
             return False
@@ -492,7 +513,10 @@ def check_flow(
     whose reduction order changes under `vmap`) passes, while an error in a
     well-conditioned map does not; and a round trip that passes only this way is repeated
     in float64, where it must pass too. The error message says when the conditioning was
-    consulted and by how much the error exceeded it.
+    consulted and by how much the error exceeded it. A layer whose inverse or
+    log-determinant is numerical declares its own floor in `AbstractFlow.check_tolerance`
+    (e.g. `ContinuousFlow`: the solver's accuracy), and every comparison on it (and on a
+    flow containing it) is loosened to at least that.
 
     **Returns:**
 
@@ -516,7 +540,7 @@ def check_flow(
     k_init, k_scr, k_run = jr.split(key, 3)
     if not flow.is_initialised:
         flow = eqx.filter_jit(init)(flow, x_batch, key=k_init, cond=cond_batch)
-    ck = _Checker(tol, x_batch.dtype)
+    ck = _Checker(tol, x_batch.dtype, _declared_tolerance(flow))
     keys = _keys(k_run, x_batch.shape[0])
     versions = [("at init", flow)]
     if scramble_params:
@@ -526,15 +550,16 @@ def check_flow(
         for path, layer, rev, x_in, k_in, c_in, z_out, _ in _leaf_records(f, x_batch, keys, cond_batch):
             where = f"{path or type(layer).__name__} ({type(layer).__name__}, {label})"
             xd = z_out if rev else x_in  # the layer's data-side batch
+            lck = ck.for_layer(layer)
             kind = getattr(type(layer), "layer_kind", None)
             if kind == "bijective":
-                _check_bijective(ck, where, layer, xd, k_in if k_in is not None else keys, c_in, n_jacobian)
+                _check_bijective(lck, where, layer, xd, k_in if k_in is not None else keys, c_in, n_jacobian)
             elif kind == "injective":
-                _check_injective(ck, where, layer, xd, k_in if k_in is not None else keys, c_in, n_jacobian)
+                _check_injective(lck, where, layer, xd, k_in if k_in is not None else keys, c_in, n_jacobian)
             elif kind == "prior":
-                _check_prior(ck, where, layer, xd, keys, c_in, n_monte_carlo)
+                _check_prior(lck, where, layer, xd, keys, c_in, n_monte_carlo)
             elif kind in ("surjective", "stochastic"):
-                _check_stochastic(ck, where, layer, xd, keys, c_in)
+                _check_stochastic(lck, where, layer, xd, keys, c_in)
             else:
                 raise AssertionError(
                     f"check_flow: {where} declares layer_kind={kind!r}; expected one of "

@@ -7,6 +7,8 @@ from ._autoregressive import ConditionalMaskedAutoregressiveSpline as Conditiona
 from ._autoregressive import MaskedAutoregressiveSpline as MaskedAutoregressiveSpline
 from ._autoregressive import made_masks as made_masks
 from ._autoregressive import made_ordering as made_ordering
+from ._continuous import ContinuousFlow as ContinuousFlow
+from ._continuous import TimeMLP as TimeMLP
 from ._conv import OneByOneConv as OneByOneConv
 from ._conv import OnebyOneConv as OnebyOneConv
 from ._conv_linear import CircularConv as CircularConv
@@ -42,6 +44,8 @@ from ._nonlinear import Tanh as Tanh
 from ._normalization import ActNorm as ActNorm
 from ._permute import Permute as Permute
 from ._permute import permutation as permutation
+from ._planar import Planar as Planar
+from ._planar import Radial as Radial
 from ._reshape import (
     Flatten as Flatten,
 )
@@ -66,10 +70,15 @@ from ._reshape import (
 from ._reshape import (
     unsqueeze as unsqueeze,
 )
+from ._residual import LipschitzNetwork as LipschitzNetwork
+from ._residual import LipSwish as LipSwish
+from ._residual import ResidualFlow as ResidualFlow
+from ._residual import update_spectral_state as update_spectral_state
 from ._spline import NeuralSpline as NeuralSpline
 from ._spline import RationalQuadraticSpline as RationalQuadraticSpline
 from ._spline import rational_quadratic_spline as rational_quadratic_spline
 from ._spline import spline_from_knots as spline_from_knots
 from ._spline import spline_knots as spline_knots
-from ._planar import Planar as Planar
-from ._planar import Radial as Radial
+from ._stochastic_logdet import AbstractEstimableFlow as AbstractEstimableFlow
+from ._stochastic_logdet import StochasticLogDet as StochasticLogDet
+from ._stochastic_logdet import stochastic_log_det as stochastic_log_det
