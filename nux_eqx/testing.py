@@ -77,14 +77,18 @@ class _Checker:
     - **dtype.** Wider types keep `tol`; narrower ones (bfloat16, float16) scale it by
       `eps(dtype) / eps(float32)`.
     - **conditioning.** A comparison that fails this base tolerance is given a second
-      chance when the compared value is ill-conditioned: the map is re-evaluated (in
-      float64) with every float input and parameter moved by one unit roundoff
-      `eps(dtype)` in random directions, and the relative change `rho` of each compared
-      entry is taken as the size of the rounding error that the dtype cannot avoid. The
-      entry then passes when its error is below `(tol / eps(float32)) * rho`: the same
-      safety factor (about 84 for `tol=1e-5`) over the unavoidable error as the base
-      tolerance gives a well-conditioned map. When a round trip only passes this way, it
-      is repeated in float64, where it must pass too (so the inverse formula itself is
+      chance when the compared value is ill-conditioned: the map is re-evaluated in
+      float64 with every float input and parameter multiplied by `1 + rel * (random
+      sign)`, `rel = tol * eps(dtype) / eps(float32)` (`tol` itself in float32: about 84
+      units of roundoff), in three random directions and their opposites, and `rho`, the largest relative
+      change of each compared entry, is what the dtype's rounding can do to it. The entry
+      passes when its error is at most `max(tol, rho)`: the result is as good as an exact
+      evaluation with inputs and parameters off by `rel`. A well-conditioned map has
+      `rho ~ rel`, so nothing changes for it; an ill-conditioned one (a bin of slope 1e-6,
+      a last probability of 1e-3, a wide network whose reduction order changes under
+      `vmap`) gets the tolerance its conditioning explains, jumps included (a point that
+      changes spline bin when a knot moves by 100 ulps). A round trip that passes only
+      this way is repeated in float64, where it must pass too (so the inverse formula is
       still checked where float32 cannot resolve it).
     - **declared floor.** A layer whose inverse or log-determinant is numerical declares
       `AbstractFlow.check_tolerance` (e.g. `ContinuousFlow`: its solver's accuracy); every
@@ -95,10 +99,16 @@ class _Checker:
         self.user_tol = tol
         self.dtype = dtype
         self.floor = floor
-        eps = float(jnp.finfo(dtype).eps) if jnp.issubdtype(dtype, jnp.floating) else _EPS32
-        self.ratio = eps / _EPS32
+        self.ratio = self._eps(dtype) / _EPS32
         self.tol = tol * max(1.0, self.ratio)
-        self.safety = tol / _EPS32
+
+    @staticmethod
+    def _eps(dtype) -> float:
+        return float(jnp.finfo(dtype).eps) if jnp.issubdtype(dtype, jnp.floating) else _EPS32
+
+    def rel(self, dtype) -> float:
+        """The relative size of the perturbations that measure the conditioning."""
+        return self.user_tol * self._eps(dtype) / _EPS32
 
     def for_layer(self, layer: AbstractFlow) -> "_Checker":
         return _Checker(self.user_tol, self.dtype, _declared_tolerance(layer))
@@ -107,8 +117,8 @@ class _Checker:
         """Pass if `a` is close to `b`; return whether the conditioning was needed.
 
         `rounding`: an optional zero-argument function returning `rho` (broadcastable to
-        `b`), the relative change of the compared value under perturbations of one unit
-        roundoff; called only when the base tolerance fails."""
+        `b`), the relative change of the compared value under the perturbations of
+        `rel`; called only when the base tolerance fails."""
         tol = max(self.tol if tol is None else tol * max(1.0, self.ratio), self.floor)
         e = _err(a, b)
         if e <= tol:
@@ -118,15 +128,14 @@ class _Checker:
             raise AssertionError(msg + ".")
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         rho = np.broadcast_to(np.asarray(rounding(), np.float64), b.shape)
-        allowed = np.maximum(tol, self.safety * rho)
+        allowed = np.maximum(tol, rho)
         excess = np.abs(a - b) / (1.0 + np.abs(b)) / allowed
         worst = np.unravel_index(np.argmax(excess), excess.shape) if excess.ndim else ()
         if not excess[worst] <= 1.0:
             raise AssertionError(
                 msg + f", and beyond what its conditioning explains: at {tuple(map(int, worst))} the error "
-                f"{float(np.abs(a - b)[worst] / (1 + np.abs(b)[worst])):.3g} exceeds {float(allowed[worst]):.3g} "
-                f"({self.safety:.3g} times the {float(rho[worst]):.3g} that perturbing every input and "
-                "parameter by one unit roundoff moves it)."
+                f"{float(np.abs(a - b)[worst] / (1 + np.abs(b)[worst])):.3g} exceeds {float(allowed[worst]):.3g}, "
+                "the change that perturbing every input and parameter by the relative tolerance causes."
             )
         return True
 
@@ -151,33 +160,36 @@ def _lazy(fn):
 _EFFECT_KEY = 20240611  # the random perturbation directions are fixed: reproducible checks
 
 
-def _rounding_effect(flow, xs, keys, cond, reverse, n_dir: int = 3, eps: float | None = None):
+def _rounding_effect(flow, xs, keys, cond, reverse, rel: float, n_dir: int = 3):
     """`(rho_out, rho_contribution)`: the largest relative change of each output entry and
     contribution when every float input and parameter of the (batched) call is multiplied
-    by `1 + eps * sign` (random signs, `eps` of the input's dtype), over `n_dir` draws;
-    evaluated in float64, so that it measures the conditioning of the map, not float64's
-    own rounding. See `_Checker`."""
-    if eps is None:
-        eps = float(jnp.finfo(xs.dtype).eps) if jnp.issubdtype(xs.dtype, jnp.floating) else _EPS32
+    by `1 + rel * sign` (random signs), over `n_dir` draws and their opposites; evaluated in float64, so that
+    it measures how sensitive the map is, not float64's own rounding. See `_Checker`."""
     with jax.enable_x64(True):
         flow64, xs64, cond64 = _to64(flow), _to64(jnp.asarray(xs)), _to64(cond)
-        out = _rounding_effect_jit(flow64, xs64, keys, cond64, reverse, jr.key(_EFFECT_KEY), eps, n_dir)
+        out = _rounding_effect_jit(flow64, xs64, keys, cond64, reverse, jr.key(_EFFECT_KEY), rel, n_dir)
         return tuple(np.asarray(o) for o in out)
 
 
 @eqx.filter_jit
-def _rounding_effect_jit(flow, xs, keys, cond, reverse, key, eps, n_dir):
+def _rounding_effect_jit(flow, xs, keys, cond, reverse, key, rel, n_dir):
     params, static = eqx.partition((flow, xs), eqx.is_inexact_array)
     out, c = _vmapped_call(*eqx.combine(params, static), keys, cond, reverse)
 
-    def perturbed(k):
+    def perturbed(k_sign):
+        k, sign = k_sign
         leaves, treedef = jax.tree.flatten(params)
         ks = jr.split(k, max(len(leaves), 1))
-        moved = [v * (1 + eps * jr.rademacher(kk, v.shape, v.dtype)) for v, kk in zip(leaves, ks)]
+        moved = [v * (1 + sign * rel * jr.rademacher(kk, v.shape, v.dtype)) for v, kk in zip(leaves, ks)]
         o, cc = _vmapped_call(*eqx.combine(jax.tree.unflatten(treedef, moved), static), keys, cond, reverse)
         return jnp.abs(o - out) / (1 + jnp.abs(out)), jnp.abs(cc - c) / (1 + jnp.abs(c))
 
-    r_out, r_c = jax.lax.map(perturbed, jr.split(key, n_dir))
+    # each random direction and its opposite: a threshold (a spline knot, a bin edge) that
+    # rounding can cross in one direction is crossed by one of the two
+    ks = jr.split(key, n_dir)
+    ks = jnp.concatenate([ks, ks])
+    signs = jnp.concatenate([jnp.ones(n_dir), -jnp.ones(n_dir)])
+    r_out, r_c = jax.lax.map(perturbed, (ks, signs))
     return jnp.max(r_out, 0), jnp.max(r_c, 0)
 
 
@@ -237,8 +249,8 @@ def _check_bijective(ck, where, layer, xd, keys, cond, n_jac):
     z, c = _batched_call(layer, xd, keys, cond)
     ck.finite(where, "forward output is finite", z, c)
     xr, cr = _batched_call(layer, z, keys, cond, reverse=True)
-    rev = _lazy(lambda: _rounding_effect(layer, z, keys, cond, True))
-    fwd = _lazy(lambda: _rounding_effect(layer, xd, keys, cond, False))
+    rev = _lazy(lambda: _rounding_effect(layer, z, keys, cond, True, ck.rel(z.dtype)))
+    fwd = _lazy(lambda: _rounding_effect(layer, xd, keys, cond, False, ck.rel(xd.dtype)))
     loosened = ck.close(where, "reverse(forward(x)) == x", xr, xd, rounding=lambda: rev()[0])
     ck.close(where, "same contribution forward and reverse", cr, c, rounding=lambda: rev()[1] + fwd()[1])
     if loosened:
@@ -249,7 +261,6 @@ def _check_bijective(ck, where, layer, xd, keys, cond, n_jac):
 def _round_trip64(ck, where, layer, xd, keys, cond, reverse_first):
     """The round trip again in float64, for a layer whose float32 round trip only passed
     by its conditioning: the inverse must still be right where float64 resolves it."""
-    eps64 = float(np.finfo(np.float64).eps)
     with jax.enable_x64(True):
         layer64, x64, c64 = _to64(layer), jnp.asarray(np.asarray(xd, np.float64)), _to64(cond)
         mid, _ = _batched_call(layer64, x64, keys, c64, reverse=reverse_first)
@@ -260,7 +271,9 @@ def _round_trip64(ck, where, layer, xd, keys, cond, reverse_first):
             f"{what} in float64 (float32 is ill-conditioned here)",
             back,
             x64,
-            rounding=lambda: _rounding_effect(layer64, mid, keys, c64, not reverse_first, eps=eps64)[0],
+            rounding=lambda: _rounding_effect(layer64, mid, keys, c64, not reverse_first, ck.rel(np.float64))[
+                0
+            ],
         )
 
 
@@ -318,13 +331,13 @@ def _check_injective(ck, where, layer, xd, keys, cond, n_jac):
         # data lives on a manifold: project, then check low -> high -> low.
         x_proj, _ = _batched_call(layer, z, keys, cond, reverse=True)
         z2, c2 = _batched_call(layer, x_proj, keys, cond)
-        effect = _lazy(lambda: _rounding_effect(layer, x_proj, keys, cond, False)[0])
+        effect = _lazy(lambda: _rounding_effect(layer, x_proj, keys, cond, False, ck.rel(x_proj.dtype))[0])
         if ck.close(where, "forward(reverse(z)) == z", z2, z, rounding=effect):
             _round_trip64(ck, where, layer, z, keys, cond, reverse_first=True)
         _check_jacobian(ck, where, layer, x_proj, keys, cond, c2, n_jac, sign=-1.0)
     else:
         xr, _ = _batched_call(layer, z, keys, cond, reverse=True)
-        effect = _lazy(lambda: _rounding_effect(layer, z, keys, cond, True)[0])
+        effect = _lazy(lambda: _rounding_effect(layer, z, keys, cond, True, ck.rel(z.dtype))[0])
         if ck.close(where, "reverse(forward(x)) == x", xr, xd, rounding=effect):
             _round_trip64(ck, where, layer, xd, keys, cond, reverse_first=False)
         _check_jacobian(ck, where, layer, xd, keys, cond, c, n_jac, sign=1.0)
@@ -393,7 +406,7 @@ def _check_consistency(ck, flow, x_batch, keys, cond_batch, label):
     name = f"{type(flow).__name__} ({label})"
     # Different batching compiles to different reduction orders: the results may differ by
     # the float32 rounding of an ill-conditioned map (see `_Checker`).
-    effect = _lazy(lambda: _rounding_effect(flow, x_batch, keys, cond_batch, False))
+    effect = _lazy(lambda: _rounding_effect(flow, x_batch, keys, cond_batch, False, ck.rel(x_batch.dtype)))
     ck.close(
         name,
         "unbatched call without jit == vmapped call under jit",
@@ -504,19 +517,20 @@ def check_flow(
     **Tolerance.** One rule, in `_Checker`, for every comparison: `tol` holds for float32
     and wider dtypes and is scaled by `eps(dtype) / eps(float32)` for narrower ones. A
     comparison that fails it is retried against the map's **conditioning**: the map is
-    re-evaluated in float64 with every float input and parameter moved by one unit
-    roundoff of the dtype (three random directions), and an entry passes when its error is
-    below `tol / eps(float32)` (about 84) times the relative change `rho` this produces,
-    i.e. with the same margin over the error the dtype cannot avoid as a well-conditioned
-    map gets. So a layer whose inverse is exact but ill-conditioned in float32 (SoftmaxPP
-    when the last probability is ~1e-3, a spline bin of slope ~1e-7, a wide conditioner
-    whose reduction order changes under `vmap`) passes, while an error in a
+    re-evaluated in float64 with every float input and parameter multiplied by
+    `1 + rel * (random sign)` (`rel = tol` in float32, scaled by `eps(dtype) / eps(float32)`
+    otherwise; three random directions and their opposites), and an entry passes when its error is at most the
+    relative change this produces: the result must be as good as an exact evaluation with
+    inputs and parameters off by `rel`. So a layer whose inverse is exact but
+    ill-conditioned in float32 (SoftmaxPP when the last probability is ~1e-3, a spline bin
+    of slope ~1e-7, a wide conditioner whose reduction order changes under `vmap`) passes, while an error in a
     well-conditioned map does not; and a round trip that passes only this way is repeated
     in float64, where it must pass too. The error message says when the conditioning was
-    consulted and by how much the error exceeded it. A layer whose inverse or
-    log-determinant is numerical declares its own floor in `AbstractFlow.check_tolerance`
-    (e.g. `ContinuousFlow`: the solver's accuracy), and every comparison on it (and on a
-    flow containing it) is loosened to at least that.
+    consulted and by how much the error exceeded it. (A map that is ill-conditioned
+    everywhere is then only checked in float64: use float64 data to check it tightly.) A
+    layer whose inverse or log-determinant is numerical declares its own floor in
+    `AbstractFlow.check_tolerance` (e.g. `ContinuousFlow`: the solver's accuracy), and
+    every comparison on it (and on a flow containing it) is loosened to at least that.
 
     **Returns:**
 

@@ -184,3 +184,12 @@ def tall_half_logdet(generator, z: Array) -> Array:
     flat = z.reshape(-1)
     J = jax.jacfwd(lambda v: generator(v.reshape(z.shape)).reshape(-1))(flat)
     return 0.5 * jnp.linalg.slogdet(J.T @ J)[1]
+
+
+def bounded_log_cov(log_cov: Array) -> Array:
+    """Clip a conditioner's log-variance to `±log(finfo.max) / 4` (about ±22 in float32:
+    variances in [3e-10, 4e9]) so that the Gaussian terms, which take `exp(±log_cov)` and
+    its square, stay finite for any network output (a scrambled or diverging conditioner
+    can output hundreds). Inside the range the value and its gradient are unchanged."""
+    bound = 0.25 * math.log(float(jnp.finfo(log_cov.dtype).max))
+    return jnp.clip(log_cov, -bound, bound)

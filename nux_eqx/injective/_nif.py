@@ -19,6 +19,7 @@ from ..nn import cast_floating, default_network
 from ._gaussian_nif import (
     NIFTerms,
     add_terms,
+    bounded_log_cov,
     dense_log_hx,
     dense_pinv,
     dense_sample_posterior,
@@ -347,12 +348,12 @@ class CouplingTallAffineDiagCov(AbstractNoisyInjective):
     def _cond1(self, x2):
         h = self.network1(x2)
         n = h.shape[0] // 2
-        return h[:n], h[n:]
+        return h[:n], bounded_log_cov(h[n:])
 
     def _cond2(self, z1):
         h = self.network2(z1)
         n = h.shape[0] // 2
-        return h[:n], h[n:]
+        return h[:n], bounded_log_cov(h[n:])
 
     def _sample_posterior(self, x, key):
         k1, k2 = jr.split(key)

@@ -13,6 +13,7 @@ from ..bijective._reshape import squeeze, unsqueeze
 from ..nn import cast_floating, default_network
 from ._gaussian_nif import (
     add_terms,
+    bounded_log_cov,
     tall_half_logdet,
     upsample,
     upsample_log_hx,
@@ -194,7 +195,7 @@ class CouplingUpSample(AbstractNoisyInjective):
     def _params(net, v):
         h = net(v)
         n = h.shape[-1] // 2
-        return h[..., :n], h[..., n:]
+        return h[..., :n], bounded_log_cov(h[..., n:])
 
     def _sample_posterior(self, x, key):
         k1, k2 = jr.split(key)
