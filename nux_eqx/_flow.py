@@ -8,13 +8,12 @@ beartype when traced.
 """
 
 import abc
-import contextlib
-import contextvars
 import copy
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Literal
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -24,9 +23,7 @@ import numpy as np
 from beartype import beartype
 from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped, jaxtyped
 
-from ._context import set_flag
-
-Kind = Literal["bijective", "injective", "surjective", "stochastic", "prior", "container"]
+from ._context import CAPTURE_PATH, CHECK_FINITE, RECORDER, set_flag
 
 
 class NotInitialisedError(RuntimeError):
@@ -94,60 +91,8 @@ class _Record:
     contribution: Any
 
 
-_CHECK_FINITE: contextvars.ContextVar[bool] = contextvars.ContextVar("nux_eqx_check_finite", default=False)
-
-
-@contextlib.contextmanager
-def check_finite(enabled: bool = True) -> Iterator[None]:
-    """Raise, inside `jit` too, when a layer receives or produces NaN or inf.
-
-    Within this context every layer call checks its input, its output and its
-    contribution with `eqx.error_if`, and the error names the first layer where a
-    non-finite value appeared. The setting is read when a function is traced: enter the
-    context around the first call of a jitted step (or around the code that traces it):
-    a step compiled before keeps running without the checks, one traced inside keeps them.
-    It costs a reduction per layer, so it is off by default; turn it on to find the layer
-    behind a NaN loss.
-
-    ```python
-    with nux_eqx.check_finite():
-        z, log_px = jax.vmap(flow)(x)
-    ```
-    """
-    with set_flag(_CHECK_FINITE, enabled):
-        yield
-
-
 def _finite_or_raise(a: Array, message: str) -> Array:
     return eqx.error_if(a, ~jnp.all(jnp.isfinite(a)), message)
-
-
-_RECORDER: contextvars.ContextVar[list[_Record] | None] = contextvars.ContextVar(
-    "nux_eqx_recorder", default=None
-)
-_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("nux_eqx_path", default="")
-
-
-def capturing() -> bool:
-    """**Returns:** whether a [`nux_eqx.capture`][] is in progress.
-
-    Containers that would hide their children inside a `lax.scan` (such as `Repeat`)
-    run an unrolled loop instead while capturing."""
-    return _RECORDER.get() is not None
-
-
-@contextlib.contextmanager
-def child_scope(name: str) -> Iterator[None]:
-    """Name the child a container is about to call, for [`nux_eqx.capture`][] paths.
-
-    Containers wrap each call to a child in `with child_scope("layers[0]"):`. Outside a
-    capture this only costs a context-variable lookup at trace time."""
-    if _RECORDER.get() is None:
-        yield
-        return
-    parent = _PATH.get()
-    with set_flag(_PATH, f"{parent}.{name}" if parent else name):
-        yield
 
 
 class Captured(eqx.Module):
@@ -187,7 +132,7 @@ def capture(
     `(z, contribution, records)`, where `records` maps each leaf's path inside the
     flow (such as `"layers[2].flow"`) to a [`nux_eqx.Captured`][], in call order.
     """
-    records = _capture_records(flow, x, reverse, key=key, cond=cond)
+    records = capture_records(flow, x, reverse, key=key, cond=cond)
     z, c, recs = records
     out: dict[str, Captured] = {}
     for r in recs:
@@ -200,9 +145,9 @@ def capture(
     return z, c, out
 
 
-def _capture_records(flow, x, reverse, *, key, cond):
+def capture_records(flow, x, reverse, *, key, cond):
     records: list[_Record] = []
-    with set_flag(_RECORDER, records), set_flag(_PATH, ""):
+    with set_flag(RECORDER, records), set_flag(CAPTURE_PATH, ""):
         z, c = flow(x, reverse, key=key, cond=cond)
     return z, c, records
 
@@ -225,6 +170,64 @@ def _fmt(shape: tuple[int, ...] | None) -> str:
     )
 
 
+_OLD_KINDS = {
+    "bijective": "AbstractBijection",
+    "injective": "AbstractInjective",
+    "surjective": "AbstractSurjective",
+    "stochastic": "AbstractSurjective",
+    "prior": "AbstractPrior",
+    "container": "AbstractContainer",
+}
+_KIND_NAMES = "AbstractBijection, AbstractInjective, AbstractSurjective, AbstractPrior or AbstractContainer"
+
+
+def _check_subclass(cls: type) -> None:
+    """Class-definition checks of the abstract/final pattern, with messages that say what
+    to do instead."""
+    name = cls.__name__
+    if "layer_kind" in cls.__dict__:
+        old = cls.__dict__["layer_kind"]
+        base = _OLD_KINDS.get(old, _KIND_NAMES)
+        raise TypeError(
+            f"{name} declares `layer_kind = {old!r}`, which nux_eqx no longer reads: a layer's kind "
+            f"is its base class. Subclass `nux_eqx.{base}` instead of `nux_eqx.AbstractFlow` and "
+            "delete `layer_kind`."
+        )
+    if "needs_key" in cls.__dict__:
+        raise TypeError(
+            f"{name} declares `needs_key`, which nux_eqx no longer reads: declare "
+            "`forward_needs_key = True` and/or `reverse_needs_key = True` instead."
+        )
+    flow_bases = [b for b in cls.__mro__[1:] if issubclass(b, AbstractFlow)]
+    for attr, value in cls.__dict__.items():
+        if not (inspect.isfunction(value) or isinstance(value, property)):
+            continue
+        if (attr.startswith("__") and attr != "__call__") or attr == "init":
+            continue
+        for base in flow_bases:
+            if attr in base.__dict__:
+                if not getattr(base.__dict__[attr], "__isabstractmethod__", False):
+                    raise TypeError(
+                        f"{name} overrides `{base.__name__}.{attr}`, which is final: a layer "
+                        "implements only the abstract methods of its kind (and the `init` hook)."
+                    )
+                break
+    if name.startswith("Abstract"):
+        return
+    for base in flow_bases:
+        if not base.__name__.startswith("Abstract"):
+            raise TypeError(
+                f"{name} subclasses the concrete flow {base.__name__}; concrete nux_eqx flows "
+                f"are final. Hold a {base.__name__} as a field (compose) or subclass an abstract "
+                f"base ({_KIND_NAMES})."
+            )
+    if not issubclass(cls, _KINDS):  # defined below, after the kinds
+        raise TypeError(
+            f"{name} subclasses AbstractFlow without a kind: subclass one of {_KIND_NAMES} "
+            "(which checks `check_flow` applies depends on it)."
+        )
+
+
 class AbstractFlow(eqx.Module):
     """Base class of every flow layer and container.
 
@@ -233,22 +236,34 @@ class AbstractFlow(eqx.Module):
     `log|det dz/dx|` for a bijection (the same value in both directions, as in NuX),
     `log p(z)` for a prior, and the bound terms for stochastic layers.
 
-    Subclasses set the class attribute `layer_kind` and implement `transform` (typed with
-    jaxtyping annotations). Layers whose parameters depend on the data's shape or values
-    override the `init` hook. Do not override `__call__`: it checks the input first.
+    A layer's kind is its base class (Equinox's abstract/final pattern): subclass one of
+    [`nux_eqx.AbstractBijection`][], [`nux_eqx.AbstractInjective`][],
+    [`nux_eqx.AbstractSurjective`][], [`nux_eqx.AbstractPrior`][] (leaf layers, all
+    [`nux_eqx.AbstractLayer`][]s) or [`nux_eqx.AbstractContainer`][], and implement its
+    abstract methods (`transform`, typed with jaxtyping annotations, and the kind's own).
+    Concrete layers are final: they are not subclassed, and they override only abstract
+    methods and the `init` hook of a leaf layer. Do not override `__call__`: it checks the
+    input first.
     """
 
     # Recorded by `nux_eqx.init`: the unbatched input and output shapes.
     _in_shape: tuple[int, ...] | None = eqx.field(static=True, default=None, kw_only=True, repr=False)
     _out_shape: tuple[int, ...] | None = eqx.field(static=True, default=None, kw_only=True, repr=False)
 
-    layer_kind: ClassVar[Kind]
-    needs_key: ClassVar[bool] = False
-    """Whether the layer needs a `key` in the forward direction (dequantisation)."""
+    forward_needs_key: ClassVar[bool] = False
+    """Whether the forward direction (data -> latent) draws random numbers, so that
+    `__call__` refuses to run it without a `key` (dequantisation, padding)."""
+    reverse_needs_key: ClassVar[bool] = False
+    """Whether the reverse direction (latent -> data) draws random numbers, so that
+    `__call__` refuses to run it without a `key` (SurVAE's inference surjections)."""
     needs_cond: ClassVar[bool] = False
     """Whether the layer always needs a `cond`."""
 
-    # ---- what a layer implements --------------------------------------------------
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _check_subclass(cls)
+
+    # ---- what a flow implements ---------------------------------------------------
 
     @abc.abstractmethod
     def transform(
@@ -259,13 +274,14 @@ class AbstractFlow(eqx.Module):
         key: PRNGKeyArray | None,
         cond: PyTree,
     ) -> tuple[Array, Shaped[Array, ""]]:
-        """Run the layer on one example, after the framework's checks.
+        """Run the flow on one example, after the framework's checks.
 
         **Arguments:**
 
         - `x`: one example, of the recorded input shape (output shape when `reverse`).
         - `reverse`: `False` for data -> latent, `True` for latent -> data.
-        - `key`: a PRNG key or `None`.
+        - `key`: a PRNG key or `None` (never `None` in a direction that declares
+          `forward_needs_key` / `reverse_needs_key`).
         - `cond`: the conditioning pytree or `None`.
 
         **Returns:**
@@ -273,24 +289,19 @@ class AbstractFlow(eqx.Module):
         `(z, contribution)`, with `contribution` a scalar.
         """
 
-    def init(self, x_batch: Array, *, key: PRNGKeyArray, cond: PyTree = None) -> "AbstractFlow":
-        """Hook: fill the layer's parameters from a batch (one leading batch axis).
+    @abc.abstractmethod
+    def init_and_push(
+        self, x_batch: Array, *, key: PRNGKeyArray, cond: PyTree = None
+    ) -> tuple["AbstractFlow", Array]:
+        """Initialise this flow on a batch and push the batch through it.
 
-        Shape-only layers read `x_batch.shape[1:]`; data-dependent ones such as
-        `ActNorm` use batch statistics. Build the filled layer with `eqx.tree_at`
-        (`is_leaf=lambda v: v is None` for empty fields). The default does nothing.
+        Leaf layers ([`nux_eqx.AbstractLayer`][]) run their `init` hook, record their
+        shapes and apply themselves to the batch with `jax.vmap`; containers walk their
+        children, so each child sees the batch as it arrives there. Called by
+        [`nux_eqx.init`][].
 
-        **Arguments:**
-
-        - `x_batch`: the data as it arrives at this layer, with one leading batch axis.
-        - `key`: a PRNG key for random initialisation.
-        - `cond`: the batched conditioning, or `None`.
-
-        **Returns:**
-
-        The layer with its parameters filled.
+        **Returns:** `(initialised_flow, output_batch)`.
         """
-        return self
 
     # ---- the framework ------------------------------------------------------------
 
@@ -309,9 +320,14 @@ class AbstractFlow(eqx.Module):
         """Whether `nux_eqx.init` has run on this flow."""
         return self._in_shape is not None and self._out_shape is not None
 
-    def children(self) -> tuple[tuple[str, "AbstractFlow"], ...]:
-        """The `(name, child)` pairs of a container; empty for a leaf layer."""
-        return ()
+    def can_sample(self) -> bool:
+        """Whether this flow can start a sample: a prior can; a container can when the
+        children it samples through can; other layers cannot."""
+        if isinstance(self, AbstractPrior):
+            return True
+        if isinstance(self, AbstractContainer):
+            return self.children_can_sample()
+        return False
 
     def __call__(
         self,
@@ -335,20 +351,17 @@ class AbstractFlow(eqx.Module):
         `(z, contribution)`: the transformed example and this flow's scalar
         contribution to `log p(x)`.
         """
-        x = _check_input(self, x, reverse)
+        x = check_input(self, x, reverse)
         if not isinstance(reverse, bool):
             raise TypeError(
                 f"{type(self).__name__}: `reverse` must be a Python bool, got {type(reverse).__name__}; "
                 "under `jax.jit` mark it static (or use `eqx.filter_jit`)."
             )
-        if key is None and type(self).needs_key and not reverse:
-            raise ValueError(
-                f"{type(self).__name__} is stochastic and needs a PRNG key: call it as "
-                "`flow(x, key=jax.random.key(0))` (split one key per example under jax.vmap)."
-            )
+        _check_key(self, key, reverse)
         if cond is None and type(self).needs_cond:
             raise ValueError(f"{type(self).__name__} is conditional and needs `cond=`; it got none.")
-        checking = _CHECK_FINITE.get()
+        leaf = not isinstance(self, AbstractContainer)
+        checking = CHECK_FINITE.get()
         if checking:
             x = _finite_or_raise(
                 x,
@@ -356,7 +369,7 @@ class AbstractFlow(eqx.Module):
             )
         z, contribution = _typed_transform(type(self))(self, x, reverse, key=key, cond=cond)
         contribution = jnp.asarray(contribution)
-        if checking and not self.children():
+        if checking and leaf:
             z = _finite_or_raise(
                 z,
                 f"{type(self).__name__} produced NaN or inf from a finite input ({'reverse' if reverse else 'forward'}).",
@@ -370,24 +383,45 @@ class AbstractFlow(eqx.Module):
                 f"{type(self).__name__}.transform must return a scalar contribution, "
                 f"got shape {contribution.shape}."
             )
-        recorder = _RECORDER.get()
-        if recorder is not None and not self.children():
-            recorder.append(_Record(_PATH.get(), self, reverse, x, key, cond, z, contribution))
+        recorder = RECORDER.get()
+        if recorder is not None and leaf:
+            recorder.append(_Record(CAPTURE_PATH.get(), self, reverse, x, key, cond, z, contribution))
         return z, contribution
 
-    # ---- container protocol ------------------------------------------------------
 
-    def init_and_push(
-        self, x_batch: Array, *, key: PRNGKeyArray, cond: PyTree = None
-    ) -> tuple["AbstractFlow", Array]:
-        """Initialise this flow on a batch and push the batch through it.
+# --------------------------------------------------------------------------------------
+# The kinds.
+# --------------------------------------------------------------------------------------
 
-        The default, for leaf layers: run the `init` hook, record the shapes, and
-        apply the filled layer to the batch with `jax.vmap`. Containers override it to
-        walk their children, so each child sees the batch as it arrives there.
 
-        **Returns:** `(initialised_flow, output_batch)`.
+class AbstractLayer(AbstractFlow):
+    """A leaf flow (no children): the common base of the four layer kinds.
+
+    `nux_eqx.init` runs the layer's `init` hook on the batch arriving at it, records its
+    shapes and pushes the batch through it. Subclass one of its kinds, not this class.
+    """
+
+    def init(self, x_batch: Array, *, key: PRNGKeyArray, cond: PyTree = None) -> "AbstractLayer":
+        """Hook: fill the layer's parameters from a batch (one leading batch axis).
+
+        Shape-only layers read `x_batch.shape[1:]`; data-dependent ones such as
+        `ActNorm` use batch statistics. Build the filled layer with `eqx.tree_at`
+        (`is_leaf=lambda v: v is None` for empty fields). The default does nothing; it
+        is the one concrete method a layer may override.
+
+        **Arguments:**
+
+        - `x_batch`: the data as it arrives at this layer, with one leading batch axis.
+        - `key`: a PRNG key for random initialisation.
+        - `cond`: the batched conditioning, or `None`.
+
+        **Returns:**
+
+        The layer with its parameters filled.
         """
+        return self
+
+    def init_and_push(self, x_batch, *, key, cond=None):
         hook_key, push_key = jr.split(key)
         in_shape = tuple(x_batch.shape[1:])
         filled = self.init(x_batch, key=hook_key, cond=cond)
@@ -400,21 +434,120 @@ class AbstractFlow(eqx.Module):
         z_batch = push(filled, x_batch, key=push_key, cond=cond)
         return with_shapes(filled, in_shape, tuple(z_batch.shape[1:])), z_batch
 
-    def can_sample(self) -> bool:
-        """Whether this flow can start a sample: priors can; a container can when the
-        children it samples through can."""
-        return type(self).layer_kind == "prior"
 
+class AbstractBijection(AbstractLayer):
+    """A bijective layer: `x -> z` is invertible and differentiable, and the contribution
+    is `log|det dz/dx|`, the same value in both directions.
+
+    `check_flow` checks `reverse(forward(x)) == x`, equal contributions both ways and the
+    contribution against the brute-force `log|det J|` of `jax.jacobian` (float64)."""
+
+
+class AbstractInjective(AbstractLayer):
+    """An injective layer: a deterministic map between spaces of different dimension
+    (without a key, for the noisy injective flows), with the contribution
+    `±0.5 log det(JᵀJ)` of the tall Jacobian `J` of the map from the lower- to the
+    higher-dimensional side.
+
+    `check_flow` checks that low -> high -> low round-trips and the contribution against
+    the brute-force Jacobian term (float64)."""
+
+
+class AbstractSurjective(AbstractLayer):
+    """A stochastic layer: one direction draws random numbers and the contribution is a
+    bound term (dequantisation, augmentation) or the exact `log p(x | z)` of a SurVAE
+    inference surjection.
+
+    Declare the direction that needs a key with `forward_needs_key = True` (dequantisation,
+    padding: the forward pass draws the noise) or `reverse_needs_key = True` (inference
+    surjections: reverse samples what forward discarded); `__call__` raises a clear error
+    when it is missing. `check_flow` runs the layer with keys and checks that the outputs
+    and contributions are finite and the same key gives the same result."""
+
+
+class AbstractPrior(AbstractLayer):
+    """A prior: the latent end of a flow. Its contribution is the normalised log-density
+    `log p(z)`; it can draw samples.
+
+    `check_flow` checks a finite log-density, samples of the right shape whose `log_q`
+    equals the forward density, and (up to 2 dimensions) a Monte-Carlo integral of 1."""
+
+    @abc.abstractmethod
     def sample_and_log_prob(
         self, key: PRNGKeyArray, *, cond: PyTree = None, temperature: float = 1.0
     ) -> tuple[Array, Array]:
-        """Draw one example from the flow's prior(s) and run the flow in reverse.
+        """Draw one example and return it with its log-density.
 
-        Priors implement this; containers recurse. See [`nux_eqx.sample`][].
+        **Arguments:**
+
+        - `key`: a PRNG key.
+        - `cond`: conditioning, or `None`.
+        - `temperature`: scales the noise (`z = temperature * eps` for Gaussians); the
+          log-density is the untempered one.
+
+        **Returns:** `(x, log_p(x))`.
         """
-        raise TypeError(
-            f"{type(self).__name__} cannot start a sample: a flow samples from the prior at "
-            "its latent end. End it with a prior such as `UnitGaussianPrior()`."
+
+
+class AbstractContainer(AbstractFlow):
+    """A flow made of other flows (`Sequential`, `Invert`, `Factored`, `ChainRule`,
+    `Repeat`, `ImportanceWeighted`).
+
+    `check_flow` checks each leaf layer inside by its own kind, and the whole flow for
+    batching, jit and gradients. A container implements `children`, `init_and_push`,
+    `children_can_sample` and `sample_and_log_prob` besides `transform`.
+    """
+
+    @abc.abstractmethod
+    def children(self) -> tuple[tuple[str, AbstractFlow], ...]:
+        """The `(name, child)` pairs, in call order (names as in [`nux_eqx.capture`][])."""
+
+    @abc.abstractmethod
+    def children_can_sample(self) -> bool:
+        """Whether the children this container samples through can start a sample."""
+
+    @abc.abstractmethod
+    def sample_and_log_prob(
+        self, key: PRNGKeyArray, *, cond: PyTree = None, temperature: float = 1.0
+    ) -> tuple[Array, Array]:
+        """Draw one example from the children's prior(s), run the rest in reverse, and
+        return it with its log-density. See [`nux_eqx.sample`][]."""
+
+
+_KINDS = (AbstractBijection, AbstractInjective, AbstractSurjective, AbstractPrior, AbstractContainer)
+
+
+def cannot_sample(flow: AbstractFlow) -> TypeError:
+    """The error for a flow that was asked to start a sample but has no prior."""
+    return TypeError(
+        f"{type(flow).__name__} cannot start a sample: a flow samples from the prior at "
+        "its latent end. End it with a prior such as `UnitGaussianPrior()`."
+    )
+
+
+def sample_from(
+    flow: AbstractFlow, key: PRNGKeyArray, *, cond: PyTree = None, temperature: float = 1.0
+) -> tuple[Array, Array]:
+    """`flow.sample_and_log_prob(...)` for a flow that can sample; a clear error otherwise."""
+    if not flow.can_sample():
+        raise cannot_sample(flow)
+    return flow.sample_and_log_prob(key, cond=cond, temperature=temperature)
+
+
+def _check_key(flow: AbstractFlow, key: Any, reverse: bool) -> None:
+    if key is not None:
+        return
+    name = type(flow).__name__
+    if reverse and type(flow).reverse_needs_key:
+        raise ValueError(
+            f"{name} samples the values its forward pass discarded when run in reverse, so the "
+            "reverse direction needs a PRNG key: call it as `flow(z, True, key=jax.random.key(0))`, "
+            "or use `nux_eqx.sample(flow, key)`."
+        )
+    if not reverse and type(flow).forward_needs_key:
+        raise ValueError(
+            f"{name} is stochastic and needs a PRNG key: call it as "
+            "`flow(x, key=jax.random.key(0))` (split one key per example under jax.vmap)."
         )
 
 
@@ -451,7 +584,7 @@ def push(
     return jax.vmap(one, in_axes=(0, key_axis, cond_axis))(x_batch, keys, cond)
 
 
-def _check_input(flow: AbstractFlow, x: Any, reverse: bool) -> Array:
+def check_input(flow: AbstractFlow, x: Any, reverse: bool) -> Array:
     name = type(flow).__name__
     expected = flow._out_shape if reverse else flow._in_shape
     if expected is None:
@@ -593,5 +726,5 @@ def sample(
     so `log_q == nux_eqx.log_prob(flow, x)` at any temperature for bijective flows).
     """
     if not flow.is_initialised:
-        _check_input(flow, jnp.zeros(()), False)
-    return flow.sample_and_log_prob(key, cond=cond, temperature=temperature)
+        check_input(flow, jnp.zeros(()), False)
+    return sample_from(flow, key, cond=cond, temperature=temperature)

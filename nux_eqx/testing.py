@@ -12,7 +12,16 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from ._flow import AbstractFlow, _capture_records, init, trainable
+from ._flow import (
+    AbstractBijection,
+    AbstractFlow,
+    AbstractInjective,
+    AbstractPrior,
+    AbstractSurjective,
+    capture_records,
+    init,
+    trainable,
+)
 
 __all__ = ["check_flow", "scramble"]
 
@@ -91,7 +100,7 @@ def _batched_call(flow, xs, keys, cond, reverse=False):
 
 def _record_values(flow, x, k, c):
     return [
-        (r.x, r.key, r.cond, r.z, r.contribution) for r in _capture_records(flow, x, False, key=k, cond=c)[2]
+        (r.x, r.key, r.cond, r.z, r.contribution) for r in capture_records(flow, x, False, key=k, cond=c)[2]
     ]
 
 
@@ -108,7 +117,7 @@ def _leaf_records(flow, x_batch, keys, cond_batch):
     meta = []
 
     def layers_only(x, k, c):
-        recs = _capture_records(flow, x, False, key=k, cond=c)[2]
+        recs = capture_records(flow, x, False, key=k, cond=c)[2]
         meta.extend((r.path, r.layer, r.reverse) for r in recs)
         return 0
 
@@ -306,17 +315,17 @@ def check_flow(
     """Check a flow the way every nux_eqx layer is checked (NuX's `flow_test`).
 
     The flow (initialised on `x_batch` first if it is not) is run on the batch; every leaf
-    layer's input is captured and the layer is checked by its `layer_kind`:
+    layer's input is captured and the layer is checked by its kind (its base class):
 
-    - `bijective`: `reverse(forward(x)) == x`, the same contribution both ways, and the
+    - [`nux_eqx.AbstractBijection`][]: `reverse(forward(x)) == x`, the same contribution both ways, and the
       contribution equals the brute-force `log|det J|` of `jax.jacobian` in float64;
-    - `injective` (deterministic, dimension-changing): with `J` the tall Jacobian of the
+    - [`nux_eqx.AbstractInjective`][] (deterministic, dimension-changing): with `J` the tall Jacobian of the
       map from the lower- to the higher-dimensional side, the contribution is
       `+0.5 slogdet(JᵀJ)` when forward goes up in dimension and `-0.5 slogdet(JᵀJ)` when it
       goes down; low -> high -> low round-trips;
-    - `prior`: finite log-density, samples of the right shape whose `log_q` equals the
+    - [`nux_eqx.AbstractPrior`][]: finite log-density, samples of the right shape whose `log_q` equals the
       forward density, and (for at most 2 dimensions) a Monte-Carlo integral of 1;
-    - `surjective` / `stochastic`: finite outputs and contributions with a key, the same
+    - [`nux_eqx.AbstractSurjective`][]: finite outputs and contributions with a key, the same
       result for the same key.
 
     For the whole flow: the same results unbatched, through `jax.vmap`, doubly nested
@@ -354,20 +363,17 @@ def check_flow(
         for path, layer, rev, x_in, k_in, c_in, z_out, _ in _leaf_records(f, x_batch, keys, cond_batch):
             where = f"{path or type(layer).__name__} ({type(layer).__name__}, {label})"
             xd = z_out if rev else x_in  # the layer's data-side batch
-            kind = getattr(type(layer), "layer_kind", None)
-            if kind == "bijective":
-                _check_bijective(ck, where, layer, xd, k_in if k_in is not None else keys, c_in, n_jacobian)
-            elif kind == "injective":
-                _check_injective(ck, where, layer, xd, k_in if k_in is not None else keys, c_in, n_jacobian)
-            elif kind == "prior":
+            k_layer = k_in if k_in is not None else keys
+            if isinstance(layer, AbstractBijection):
+                _check_bijective(ck, where, layer, xd, k_layer, c_in, n_jacobian)
+            elif isinstance(layer, AbstractInjective):
+                _check_injective(ck, where, layer, xd, k_layer, c_in, n_jacobian)
+            elif isinstance(layer, AbstractPrior):
                 _check_prior(ck, where, layer, xd, keys, c_in, n_monte_carlo)
-            elif kind in ("surjective", "stochastic"):
+            elif isinstance(layer, AbstractSurjective):
                 _check_stochastic(ck, where, layer, xd, keys, c_in)
-            else:
-                raise AssertionError(
-                    f"check_flow: {where} declares layer_kind={kind!r}; expected one of "
-                    "'bijective', 'injective', 'surjective', 'stochastic', 'prior'."
-                )
+            else:  # unreachable: AbstractFlow refuses a concrete leaf without a kind
+                raise AssertionError(f"check_flow: {where} is a {type(layer).__name__} of no known kind.")
         if label != "at init" or not scramble_params:
             _check_gradients(f, x_batch, keys, cond_batch, label)
     return flow

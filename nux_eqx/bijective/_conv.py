@@ -1,17 +1,17 @@
 """`OneByOneConv`: Glow's invertible 1x1 convolution (a dense channel matrix)."""
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float
 
-from .._flow import AbstractFlow, ShapeError
+from .._flow import AbstractBijection, ShapeError
 from .._types import Cond, Image, Key, Scalar
 
 
-class OneByOneConv(AbstractFlow):
+class OneByOneConv(AbstractBijection):
     """Glow's invertible 1x1 convolution: `z[i, j] = W x[i, j]` with a learned `c x c` `W`.
 
     The contribution is `h * w * log|det W|`; reverse applies `W^-1`. NuX started `W` at
@@ -24,7 +24,6 @@ class OneByOneConv(AbstractFlow):
 
     W: Float[Array, "c c"] | None = None
     w_init: Literal["identity", "rotation"] = eqx.field(static=True, default="rotation")
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, init: Literal["identity", "rotation"] = "rotation"):
         if init not in ("identity", "rotation"):

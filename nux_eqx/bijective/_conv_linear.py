@@ -1,7 +1,7 @@
 """Linear bijections on images: `OneByOneConvLDU`, `OneByOneConvLU`, `LocalDense` and the
 FFT-based `CircularConv` (NuX's `affine.py` and `conv.py`)."""
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -10,7 +10,7 @@ import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._flow import AbstractFlow, NonTrainable, ShapeError
+from .._flow import AbstractBijection, NonTrainable, ShapeError
 from .._types import Cond, Image, Key, Scalar
 from ._linear import _ldu_apply, _n_off_diagonal, _random_rotation, _unit_lower, _unit_upper
 
@@ -38,7 +38,7 @@ def _pair(name: str, arg: str, value) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-class OneByOneConvLDU(AbstractFlow):
+class OneByOneConvLDU(AbstractBijection):
     """A 1x1 convolution in LDU form: [`nux_eqx.AffineLDU`][] on the channels of every pixel.
 
     `z[i, j] = L diag(exp(log_d)) U x[i, j]` with unit-lower `L` and unit-upper `U` built
@@ -52,7 +52,6 @@ class OneByOneConvLDU(AbstractFlow):
     L: Float[Array, " n_off"] | None = None
     log_d: Float[Array, " c"] | None = None
     U: Float[Array, " n_off"] | None = None
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self):
         self.L = self.log_d = self.U = None
@@ -72,7 +71,7 @@ class OneByOneConvLDU(AbstractFlow):
         return Z.T.reshape(h, w, c), jnp.sum(self.log_d) * (h * w)
 
 
-class OneByOneConvLU(AbstractFlow):
+class OneByOneConvLU(AbstractBijection):
     """Glow's 1x1 convolution in LU form: `z[i, j] = W x[i, j]` with
     `W = P L (U + diag(sign * exp(log_s)))`.
 
@@ -92,7 +91,6 @@ class OneByOneConvLU(AbstractFlow):
     L: Float[Array, " n_off"] | None = None
     U: Float[Array, " n_off"] | None = None
     log_s: Float[Array, " c"] | None = None
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self):
         self.perm = self.sign = self.L = self.U = self.log_s = None
@@ -159,7 +157,7 @@ def _depth_to_space(x: Array, kh: int, kw: int) -> Array:
     return x.reshape(h * kh, w * kw, c)
 
 
-class LocalDense(AbstractFlow):
+class LocalDense(AbstractBijection):
     """A dense map over non-overlapping `kh x kw` patches (NuX's `LocalDense`).
 
     Each patch is flattened to a vector of `c * kh * kw` values (index
@@ -179,7 +177,6 @@ class LocalDense(AbstractFlow):
     W: Float[Array, "d d"] | None = None
     filter_shape: tuple[int, int] = eqx.field(static=True, default=(2, 2))
     w_init: Literal["identity", "rotation"] = eqx.field(static=True, default="rotation")
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(
         self, filter_shape: tuple[int, int] = (2, 2), init: Literal["identity", "rotation"] = "rotation"
@@ -215,7 +212,7 @@ class LocalDense(AbstractFlow):
         return z, jnp.linalg.slogdet(self.W)[1] * (hp * wp)
 
 
-class CircularConv(AbstractFlow):
+class CircularConv(AbstractBijection):
     """An invertible circular (periodic) convolution, computed with the FFT
     (Karami et al. 2019, "Invertible convolutional flow").
 
@@ -242,7 +239,6 @@ class CircularConv(AbstractFlow):
 
     kernel: Float[Array, "kh kw c c"] | None = None
     filter_size: tuple[int, int] = eqx.field(static=True, default=(3, 3))
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, filter_size: tuple[int, int] = (3, 3)):
         self.filter_size = _pair("CircularConv", "filter_size", filter_size)

@@ -1,8 +1,6 @@
 """Dense linear bijections on vectors: `AffineDense`, `AffineLDU`, `AffineSVD`,
 `Householder` and the `Affine` dispatcher (NuX's `nux/flows/bijective/affine.py`)."""
 
-from typing import ClassVar
-
 import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
@@ -11,7 +9,7 @@ import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._flow import AbstractFlow, ShapeError
+from .._flow import AbstractBijection, AbstractFlow, ShapeError
 from .._types import Cond, Key, Scalar, Vector
 
 # --------------------------------------------------------------------------------------
@@ -89,7 +87,7 @@ def _check_n_householders(name: str, n) -> int:
 # --------------------------------------------------------------------------------------
 
 
-class AffineDense(AbstractFlow):
+class AffineDense(AbstractBijection):
     """A dense affine map `z = W x + b` on vectors.
 
     `W` starts as a random orthogonal matrix (NuX whitened a Glorot-normal matrix, which
@@ -101,7 +99,6 @@ class AffineDense(AbstractFlow):
 
     W: Float[Array, "dim dim"] | None = None
     b: Float[Array, " dim"] | None = None
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self):
         self.W = self.b = None
@@ -117,7 +114,7 @@ class AffineDense(AbstractFlow):
         return z, jnp.linalg.slogdet(self.W)[1]
 
 
-class AffineLDU(AbstractFlow):
+class AffineLDU(AbstractBijection):
     """A dense linear map in LDU form: `z = L diag(exp(log_d)) U x` on vectors.
 
     `L` is unit-lower-triangular and `U` unit-upper-triangular; their strict triangles are
@@ -132,7 +129,6 @@ class AffineLDU(AbstractFlow):
     L: Float[Array, " n_off"] | None = None
     log_d: Float[Array, " dim"] | None = None
     U: Float[Array, " n_off"] | None = None
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self):
         self.L = self.log_d = self.U = None
@@ -151,7 +147,7 @@ class AffineLDU(AbstractFlow):
         return z, jnp.sum(self.log_d)
 
 
-class AffineSVD(AbstractFlow):
+class AffineSVD(AbstractBijection):
     """A dense affine map in SVD form: `z = U diag(exp(log_s)) V^T x + b` on vectors.
 
     `U` and `V` are orthogonal, each the product of `n_householders` Householder
@@ -172,7 +168,6 @@ class AffineSVD(AbstractFlow):
     V: Float[Array, "n dim"] | None = None
     b: Float[Array, " dim"] | None = None
     n_householders: int = eqx.field(static=True, default=1)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, n_householders: int):
         self.n_householders = _check_n_householders("AffineSVD", n_householders)
@@ -199,7 +194,7 @@ class AffineSVD(AbstractFlow):
         return z, jnp.sum(self.log_s)
 
 
-class Householder(AbstractFlow):
+class Householder(AbstractBijection):
     """An orthogonal map on vectors made of Householder reflections:
     `z = H(v_0) H(v_1) ... H(v_{n-1}) x` with `H(v) = I - 2 v v^T / (v^T v)`.
 
@@ -215,7 +210,6 @@ class Householder(AbstractFlow):
 
     vectors: Float[Array, "n dim"] | None = None
     n_householders: int = eqx.field(static=True, default=1)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, n_householders: int = 1):
         self.n_householders = _check_n_householders("Householder", n_householders)

@@ -1,13 +1,12 @@
 """Shape-only bijections: `Reverse`, `Flatten`, `Reshape`, `Transpose`, `Squeeze`, `UnSqueeze`."""
 
 import math
-from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._flow import AbstractFlow, ShapeError
+from .._flow import AbstractBijection, ShapeError
 from .._types import AnyShape, Cond, Image, Key, Scalar
 
 _Any = Float[Array, "..."]
@@ -17,31 +16,27 @@ def _zero(x):
     return jnp.zeros((), x.dtype)
 
 
-class Reverse(AbstractFlow):
+class Reverse(AbstractBijection):
     """Reverse the last axis, `x[..., ::-1]`: use it between couplings. Its own inverse.
 
     **Arguments:** None
     """
 
-    layer_kind: ClassVar[str] = "bijective"
-
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         return x[..., ::-1], _zero(x)
 
 
-class Flatten(AbstractFlow):
+class Flatten(AbstractBijection):
     """Flatten one example to a vector; reverse restores the recorded shape.
 
     **Arguments:** None
     """
 
-    layer_kind: ClassVar[str] = "bijective"
-
     def transform(self, x: _Any, reverse: bool, *, key: Key, cond: Cond) -> tuple[_Any, Scalar]:
         return (x.reshape(self.in_shape) if reverse else x.reshape(-1)), _zero(x)
 
 
-class Reshape(AbstractFlow):
+class Reshape(AbstractBijection):
     """Reshape one example to `shape` (one `-1` allowed); reverse restores it.
 
     **Arguments:**
@@ -50,7 +45,6 @@ class Reshape(AbstractFlow):
     """
 
     shape: tuple[int, ...] = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, shape: tuple[int, ...]):
         shape = tuple(int(s) for s in shape)
@@ -72,7 +66,7 @@ class Reshape(AbstractFlow):
         return (x.reshape(self.in_shape) if reverse else x.reshape(self.shape)), _zero(x)
 
 
-class Transpose(AbstractFlow):
+class Transpose(AbstractBijection):
     """Permute the axes of one example (`jnp.transpose(x, axis_order)`).
 
     **Arguments:**
@@ -81,7 +75,6 @@ class Transpose(AbstractFlow):
     """
 
     axis_order: tuple[int, ...] = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, axis_order: tuple[int, ...]):
         axis_order = tuple(int(a) for a in axis_order)
@@ -116,7 +109,7 @@ def unsqueeze(x: Array) -> Array:
     return x.reshape(h, w, 2, 2, c // 4).transpose(0, 2, 1, 3, 4).reshape(2 * h, 2 * w, c // 4)
 
 
-class Squeeze(AbstractFlow):
+class Squeeze(AbstractBijection):
     """2x2 space-to-depth: `(h, w, c) -> (h/2, w/2, 4c)`, in NuX's channel order.
 
     Output channel `(i * 2 + j) * c + k` holds pixel `(2y + i, 2x + j)` of channel `k`.
@@ -124,8 +117,6 @@ class Squeeze(AbstractFlow):
 
     **Arguments:** None
     """
-
-    layer_kind: ClassVar[str] = "bijective"
 
     def init(self, x_batch, *, key, cond=None):
         shape = x_batch.shape[1:]
@@ -142,15 +133,13 @@ class Squeeze(AbstractFlow):
         return (unsqueeze(x) if reverse else squeeze(x)), _zero(x)
 
 
-class UnSqueeze(AbstractFlow):
+class UnSqueeze(AbstractBijection):
     """2x2 depth-to-space, the inverse of `Squeeze`: `(h, w, c) -> (2h, 2w, c/4)`.
 
     `c` must be divisible by 4.
 
     **Arguments:** None
     """
-
-    layer_kind: ClassVar[str] = "bijective"
 
     def init(self, x_batch, *, key, cond=None):
         shape = x_batch.shape[1:]

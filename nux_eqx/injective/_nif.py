@@ -3,7 +3,7 @@
 
 import abc
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Literal
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -12,7 +12,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._flow import AbstractFlow, ShapeError, _check_input
+from .._flow import AbstractInjective, ShapeError, check_input
 from .._types import AnyShape, Cond, Key, Scalar
 from ..nn import cast_floating, default_network
 from ._gaussian_nif import (
@@ -27,7 +27,7 @@ from ._gaussian_nif import (
 _Out = Float[Array, "*out"]
 
 
-class AbstractNoisyInjective(AbstractFlow):
+class AbstractNoisyInjective(AbstractInjective):
     """Base class of the noisy injective flows (NIF, arXiv 2006.13070).
 
     A NIF is a generative model `p(x|z)` from a low-dimensional `z` to `x`, with the
@@ -47,10 +47,8 @@ class AbstractNoisyInjective(AbstractFlow):
       sums to `log p(z) + log p(x|z) - log q(z|x)`, whose mean over the joint is
       `log p(x) + KL(p(z|x) || q(z|x))`, an UPPER estimate (not an exact `log q`).
 
-    `layer_kind` is `"injective"`: `check_flow` checks the deterministic mode.
+    An [`nux_eqx.AbstractInjective`][]: `check_flow` checks the deterministic mode.
     """
-
-    layer_kind: ClassVar[str] = "injective"
 
     @abc.abstractmethod
     def _sample_posterior(self, x: Array, key: PRNGKeyArray) -> NIFTerms:
@@ -78,7 +76,7 @@ class AbstractNoisyInjective(AbstractFlow):
         A [`nux_eqx.NIFTerms`][] `(z, log_hx, log_pxgz, log_qzgx)`; `log_hx` is the
         layer's forward contribution.
         """
-        x = _check_input(self, x, False)
+        x = check_input(self, x, False)
         if key is None:
             raise ValueError(
                 f"{type(self).__name__}.nif_terms samples q(z|x) and needs a PRNG key; without one "

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float
 
-from .._flow import AbstractFlow, ShapeError
+from .._flow import AbstractPrior, ShapeError
 from .._types import AnyShape, Cond, Key, Scalar, Vector
 from ..nn import cast_floating, cond_features, default_network
 
@@ -22,7 +22,7 @@ def std_normal_log_prob(z: Array) -> Array:
     return -0.5 * jnp.sum(z**2) - 0.5 * z.size * _LOG_2PI
 
 
-class UnitGaussianPrior(AbstractFlow):
+class UnitGaussianPrior(AbstractPrior):
     """The standard normal prior `N(0, I)` (NuX's `UnitGaussianPrior`).
 
     Forward and reverse pass `z` through unchanged with contribution `log N(z; 0, I)`.
@@ -30,8 +30,6 @@ class UnitGaussianPrior(AbstractFlow):
 
     **Arguments:** None
     """
-
-    layer_kind: ClassVar[str] = "prior"
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         return x, std_normal_log_prob(x)
@@ -41,7 +39,7 @@ class UnitGaussianPrior(AbstractFlow):
         return self(z, True, key=None, cond=cond)
 
 
-class ConditionalGaussianPrior(AbstractFlow):
+class ConditionalGaussianPrior(AbstractPrior):
     """A diagonal Gaussian whose mean and log-scale come from a network of `cond`.
 
     Glow's prior on the factored-out half: inside `ChainRule` it reads
@@ -62,7 +60,6 @@ class ConditionalGaussianPrior(AbstractFlow):
     network_factory: Callable | None = eqx.field(static=True)
     feature_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
     """The shape of one example's conditioning features, recorded by `init`."""
-    layer_kind: ClassVar[str] = "prior"
     needs_cond: ClassVar[bool] = True
 
     def __init__(
@@ -125,7 +122,7 @@ class ConditionalGaussianPrior(AbstractFlow):
         return self(z, True, key=None, cond=cond)
 
 
-class AffineGaussianPriorDiagCov(AbstractFlow):
+class AffineGaussianPriorDiagCov(AbstractPrior):
     """NuX's low-dimensional prior: `p(x) = ∫ N(z; 0, I) N(x; A z, diag(exp(log_diag_cov))) dz`.
 
     `x` is a vector of size `D` and `z` of size `out_dim <= D` (use `Flatten()` first
@@ -143,7 +140,6 @@ class AffineGaussianPriorDiagCov(AbstractFlow):
     A: Float[Array, "d k"] | None
     log_diag_cov: Float[Array, " d"] | None
     out_dim: int = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "prior"
 
     def __init__(self, out_dim: int):
         if int(out_dim) < 1:

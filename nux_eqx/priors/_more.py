@@ -8,7 +8,6 @@ log-density of the untempered model at the sample.
 """
 
 import math
-from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -17,7 +16,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from .._flow import AbstractFlow, ShapeError
+from .._flow import AbstractPrior, ShapeError
 from .._types import AnyShape, Cond, Key, Scalar, Vector
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -36,7 +35,7 @@ def _diag_gaussian_log_prob(x: Array, mean: Array, log_scale: Array) -> Array:
 # --------------------------------------------------------------------------------------
 
 
-class DiagGaussianPrior(AbstractFlow):
+class DiagGaussianPrior(AbstractPrior):
     """A Gaussian prior with a learned mean and log-scale per element:
     `log p(x) = sum_i log N(x_i; mean_i, exp(log_scale_i)^2)`.
 
@@ -48,7 +47,6 @@ class DiagGaussianPrior(AbstractFlow):
 
     mean: AnyShape | None
     log_scale: AnyShape | None
-    layer_kind: ClassVar[str] = "prior"
 
     def __init__(self):
         self.mean = None
@@ -72,7 +70,7 @@ class DiagGaussianPrior(AbstractFlow):
         return self(z, True, key=None, cond=cond)
 
 
-class AffineGaussianPriorFullCov(AbstractFlow):
+class AffineGaussianPriorFullCov(AbstractPrior):
     """NuX's low-dimensional prior with a full noise covariance (broken in NuX, working
     here): `p(x) = ∫ N(z; 0, I) N(x; A z, L Lᵀ) dz = N(x; 0, A Aᵀ + L Lᵀ)`.
 
@@ -94,7 +92,6 @@ class AffineGaussianPriorFullCov(AbstractFlow):
     A: Float[Array, "d k"] | None
     cov_tril: Float[Array, " n"] | None
     out_dim: int = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "prior"
 
     def __init__(self, out_dim: int):
         if int(out_dim) < 1:
@@ -198,7 +195,7 @@ def _label_of(owner: str, cond, n_classes: int) -> Array | None:
     )
 
 
-class GMMPrior(AbstractFlow):
+class GMMPrior(AbstractPrior):
     """NuX's classification prior: a Gaussian mixture with one diagonal component per class
     and a uniform class prior `p(y) = 1 / K`.
 
@@ -225,7 +222,6 @@ class GMMPrior(AbstractFlow):
     means: Float[Array, " k *shape"] | None
     log_scales: Float[Array, " k *shape"] | None
     n_classes: int = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "prior"
 
     def __init__(self, n_classes: int):
         if int(n_classes) < 1:
@@ -298,7 +294,7 @@ class GMMPrior(AbstractFlow):
         return self(z, True, key=None, cond=cond)
 
 
-class MixtureGaussianPrior(AbstractFlow):
+class MixtureGaussianPrior(AbstractPrior):
     """A learned mixture of `K` diagonal Gaussians over the whole example:
     `log p(x) = logsumexp_k [log w_k + log N(x; mean_k, diag(exp(2 log_scale_k)))]` with
     `w = softmax(logits)`.
@@ -315,7 +311,6 @@ class MixtureGaussianPrior(AbstractFlow):
     means: Float[Array, " k *shape"] | None
     log_scales: Float[Array, " k *shape"] | None
     K: int = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "prior"
 
     def __init__(self, K: int = 4):
         if int(K) < 1:
@@ -353,7 +348,7 @@ class MixtureGaussianPrior(AbstractFlow):
 # --------------------------------------------------------------------------------------
 
 
-class UniformDirichletPrior(AbstractFlow):
+class UniformDirichletPrior(AbstractPrior):
     """A (symmetric) Dirichlet prior on the probability simplex, uniform by default.
 
     **The input** is a vector of size `K - 1`: the first `K - 1` coordinates of a point of
@@ -377,7 +372,6 @@ class UniformDirichletPrior(AbstractFlow):
     """
 
     alpha_scale: float = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "prior"
 
     def __init__(self, alpha_scale: float = 1.0):
         alpha_scale = float(alpha_scale)
@@ -413,7 +407,7 @@ class UniformDirichletPrior(AbstractFlow):
         return self(p[:-1], True, key=None, cond=cond)
 
 
-class LogisticPrior(AbstractFlow):
+class LogisticPrior(AbstractPrior):
     """The standard logistic prior, independent per element:
     `log p(x) = sum_i -x_i - 2 log(1 + exp(-x_i))`.
 
@@ -423,8 +417,6 @@ class LogisticPrior(AbstractFlow):
     **Arguments:** None
     """
 
-    layer_kind: ClassVar[str] = "prior"
-
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         return x, jnp.sum(-x - 2 * jax.nn.softplus(-x))
 
@@ -433,7 +425,7 @@ class LogisticPrior(AbstractFlow):
         return self(z, True, key=None, cond=cond)
 
 
-class StudentTPrior(AbstractFlow):
+class StudentTPrior(AbstractPrior):
     """The standard Student-t prior with `df` degrees of freedom, independent per element:
     `log p(x) = sum_i log Γ((ν+1)/2) - log Γ(ν/2) - ½ log(νπ) - (ν+1)/2 log(1 + x_i²/ν)`.
 
@@ -445,7 +437,6 @@ class StudentTPrior(AbstractFlow):
     """
 
     df: float = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "prior"
 
     def __init__(self, df: float = 5.0):
         df = float(df)

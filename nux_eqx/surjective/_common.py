@@ -60,12 +60,3 @@ def gaussian_log_prob(x: Array, mean: Array, log_scale: Array) -> Array:
     """`log N(x; mean, diag(exp(2 log_scale)))` summed over every element."""
     eps = (x - mean) * jnp.exp(-log_scale)
     return jnp.sum(-0.5 * eps**2 - log_scale) - 0.5 * x.size * LOG_2PI
-
-
-def need_key(owner: str, key) -> None:
-    if key is None:
-        raise ValueError(
-            f"{owner} samples the values its forward pass discarded when run in reverse, so the "
-            "reverse direction needs a PRNG key: call it as `flow(z, True, key=jax.random.key(0))`, "
-            "or use `nux_eqx.sample(flow, key)`."
-        )
