@@ -9,13 +9,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped
 
 from ._context import child_scope
 from ._flow import AbstractContainer, AbstractFlow, ShapeError, cannot_sample, push, sample_from, with_shapes
-
-
-def split_key(key: PRNGKeyArray | None, n: int) -> list[PRNGKeyArray | None]:
-    """Split `key` into `n` keys, or return `n` times `None` when `key` is `None`."""
-    if key is None:
-        return [None] * n
-    return list(jr.split(key, n))
+from ._maths import split_key
 
 
 def _check_flows(owner: str, flows) -> tuple[AbstractFlow, ...]:

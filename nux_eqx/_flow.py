@@ -24,6 +24,7 @@ from beartype import beartype
 from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped, jaxtyped
 
 from ._context import CAPTURE_PATH, CHECK_FINITE, RECORDER, set_flag
+from ._maths import batch_keys, keyed_vmap
 
 
 class NotInitialisedError(RuntimeError):
@@ -573,15 +574,11 @@ def push(
     reverse: bool = False,
 ) -> Array:
     """Apply a flow to a batch with `jax.vmap` (one key per example) and return the outputs."""
-    n = x_batch.shape[0]
-    keys = None if key is None else jr.split(key, n)
-    cond_axis = None if cond is None else 0
-    key_axis = None if keys is None else 0
 
     def one(x, k, c):
         return flow(x, reverse, key=k, cond=c)[0]
 
-    return jax.vmap(one, in_axes=(0, key_axis, cond_axis))(x_batch, keys, cond)
+    return keyed_vmap(one, x_batch, batch_keys(key, x_batch.shape[0]), cond)
 
 
 def check_input(flow: AbstractFlow, x: Any, reverse: bool) -> Array:

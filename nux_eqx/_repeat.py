@@ -10,6 +10,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped
 
 from ._context import capturing, child_scope, loop_body
 from ._flow import AbstractContainer, AbstractFlow, ShapeError, cannot_sample, with_shapes
+from ._maths import batch_keys
 
 
 def _first_difference(a: str, b: str, width: int = 60) -> str:
@@ -159,7 +160,7 @@ class Repeat(AbstractContainer):
     def transform(
         self, x: Shaped[Array, "..."], reverse: bool, *, key: PRNGKeyArray | None, cond: PyTree
     ) -> tuple[Shaped[Array, "..."], Shaped[Array, ""]]:
-        keys = None if key is None else jr.split(key, self.n)
+        keys = batch_keys(key, self.n)
         return self._run(x, reverse, keys, cond, self.n)
 
     def init_and_push(self, x_batch, *, key, cond=None):

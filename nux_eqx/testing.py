@@ -22,6 +22,7 @@ from ._flow import (
     init,
     trainable,
 )
+from ._maths import LOG_2PI, keyed_vmap
 
 __all__ = ["check_flow", "scramble"]
 
@@ -80,14 +81,8 @@ class _Checker:
                     raise AssertionError(f"check_flow: {where} failed '{what}': non-finite values.")
 
 
-def _keys(key, n):
-    return jr.split(key, n)
-
-
 def _vmapped_call(flow, xs, keys, cond, reverse=False):
-    cax = None if cond is None else 0
-    kax = None if keys is None else 0
-    return jax.vmap(lambda x, k, c: flow(x, reverse, key=k, cond=c), in_axes=(0, kax, cax))(xs, keys, cond)
+    return keyed_vmap(lambda x, k, c: flow(x, reverse, key=k, cond=c), xs, keys, cond)
 
 
 _jit_call = eqx.filter_jit(_vmapped_call)
@@ -106,10 +101,7 @@ def _record_values(flow, x, k, c):
 
 @eqx.filter_jit
 def _batched_records(flow, x_batch, keys, cond_batch):
-    cax = None if cond_batch is None else 0
-    return jax.vmap(lambda x, k, c: _record_values(flow, x, k, c), in_axes=(0, 0, cax))(
-        x_batch, keys, cond_batch
-    )
+    return keyed_vmap(lambda x, k, c: _record_values(flow, x, k, c), x_batch, keys, cond_batch)
 
 
 def _leaf_records(flow, x_batch, keys, cond_batch):
@@ -228,7 +220,7 @@ def _check_prior(ck, where, layer, xd, keys, cond, n_mc):
         sd = 3.0 * jnp.std(xs0.reshape(512, -1), 0) + 1e-3
         eps = jr.normal(keys[-1], (n_mc, d), xs0.dtype)
         u = mu + sd * eps
-        log_q = jnp.sum(-0.5 * eps**2 - jnp.log(sd) - 0.5 * math.log(2 * math.pi), -1)
+        log_q = jnp.sum(-0.5 * eps**2 - jnp.log(sd) - 0.5 * LOG_2PI, -1)
         lp = _densities(layer, u, c0)
         total = float(jnp.mean(jnp.exp(lp - log_q)))
         if not abs(total - 1.0) < 0.05:
@@ -253,8 +245,7 @@ def _check_stochastic(ck, where, layer, xd, keys, cond):
 
 @eqx.filter_jit
 def _nested(flow, xs, ks, cs):
-    cax = None if cs is None else 0
-    return jax.vmap(lambda a, b, c: _vmapped_call(flow, a, b, c), in_axes=(0, 0, cax))(xs, ks, cs)
+    return keyed_vmap(lambda a, b, c: _vmapped_call(flow, a, b, c), xs, ks, cs)
 
 
 def _check_consistency(ck, flow, x_batch, keys, cond_batch, label):
@@ -354,7 +345,7 @@ def check_flow(
     if not flow.is_initialised:
         flow = eqx.filter_jit(init)(flow, x_batch, key=k_init, cond=cond_batch)
     ck = _Checker(tol)
-    keys = _keys(k_run, x_batch.shape[0])
+    keys = jr.split(k_run, x_batch.shape[0])
     versions = [("at init", flow)]
     if scramble_params:
         versions.append(("scrambled parameters", scramble(flow, k_scr)))

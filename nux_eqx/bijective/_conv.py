@@ -4,10 +4,10 @@ from typing import Literal
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Float
 
 from .._flow import AbstractBijection, ShapeError
+from .._maths import initial_matrix
 from .._types import Cond, Image, Key, Scalar
 
 
@@ -37,11 +37,7 @@ class OneByOneConv(AbstractBijection):
                 f"OneByOneConv takes (h, w, c) images, got examples of shape {x_batch.shape[1:]}."
             )
         c = x_batch.shape[-1]
-        if self.w_init == "identity":
-            W = jnp.eye(c, dtype=x_batch.dtype)
-        else:
-            q, r = jnp.linalg.qr(jr.normal(key, (c, c), x_batch.dtype))
-            W = q * jnp.sign(jnp.diag(r))
+        W = initial_matrix(self.w_init, key, c, x_batch.dtype)
         return eqx.tree_at(lambda s: s.W, self, W, is_leaf=lambda v: v is None)
 
     def transform(self, x: Image, reverse: bool, *, key: Key, cond: Cond) -> tuple[Image, Scalar]:

@@ -11,8 +11,9 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._flow import AbstractBijection, NonTrainable, ShapeError
+from .._maths import depth_to_space, initial_matrix, random_orthogonal, space_to_depth
 from .._types import Cond, Image, Key, Scalar
-from ._linear import _ldu_apply, _n_off_diagonal, _random_rotation, _unit_lower, _unit_upper
+from ._linear import ldu_apply, ldu_init, unit_lower, unit_upper
 
 
 def _check_images(name: str, x_batch: Array) -> tuple[int, int, int]:
@@ -58,16 +59,13 @@ class OneByOneConvLDU(AbstractBijection):
 
     def init(self, x_batch, *, key, cond=None):
         _, _, c = _check_images("OneByOneConvLDU", x_batch)
-        kl, ku = jr.split(key)
-        m = _n_off_diagonal(c)
-        L = 0.01 * jr.normal(kl, (m,), x_batch.dtype)
-        U = 0.01 * jr.normal(ku, (m,), x_batch.dtype)
-        log_d = jnp.zeros((c,), x_batch.dtype)
-        return eqx.tree_at(lambda s: (s.L, s.log_d, s.U), self, (L, log_d, U), is_leaf=lambda v: v is None)
+        return eqx.tree_at(
+            lambda s: (s.L, s.log_d, s.U), self, ldu_init(key, c, x_batch.dtype), is_leaf=lambda v: v is None
+        )
 
     def transform(self, x: Image, reverse: bool, *, key: Key, cond: Cond) -> tuple[Image, Scalar]:
         h, w, c = x.shape
-        Z = _ldu_apply(self.L, self.log_d, self.U, x.reshape(h * w, c).T, reverse)
+        Z = ldu_apply(self.L, self.log_d, self.U, x.reshape(h * w, c).T, reverse)
         return Z.T.reshape(h, w, c), jnp.sum(self.log_d) * (h * w)
 
 
@@ -97,7 +95,7 @@ class OneByOneConvLU(AbstractBijection):
 
     def init(self, x_batch, *, key, cond=None):
         _, _, c = _check_images("OneByOneConvLU", x_batch)
-        W0 = _random_rotation(key, c, x_batch.dtype)
+        W0 = random_orthogonal(key, c, dtype=x_batch.dtype)
         p, low, up = jsl.lu(W0)  # W0 = p @ low @ up
         perm = jnp.argmax(p, axis=1).astype(jnp.int32)
         s = jnp.diag(up)
@@ -118,9 +116,9 @@ class OneByOneConvLU(AbstractBijection):
 
     def _factors(self):
         c = self.log_s.shape[0]
-        L = _unit_lower(self.L, c)
+        L = unit_lower(self.L, c)
         Ud = (
-            _unit_upper(self.U, c)
+            unit_upper(self.U, c)
             - jnp.eye(c, dtype=self.U.dtype)
             + jnp.diag(self.sign.get() * jnp.exp(self.log_s))
         )
@@ -142,19 +140,6 @@ class OneByOneConvLU(AbstractBijection):
         else:
             Z = (L @ (Ud @ X))[perm]
         return Z.T.reshape(h, w, c), jnp.sum(self.log_s) * (h * w)
-
-
-def _space_to_depth(x: Array, kh: int, kw: int) -> Array:
-    h, w, c = x.shape
-    x = x.reshape(h // kh, kh, w // kw, kw, c).transpose(0, 2, 1, 3, 4)
-    return x.reshape(h // kh, w // kw, kh * kw * c)
-
-
-def _depth_to_space(x: Array, kh: int, kw: int) -> Array:
-    h, w, d = x.shape
-    c = d // (kh * kw)
-    x = x.reshape(h, w, kh, kw, c).transpose(0, 2, 1, 3, 4)
-    return x.reshape(h * kh, w * kw, c)
 
 
 class LocalDense(AbstractBijection):
@@ -196,19 +181,16 @@ class LocalDense(AbstractBijection):
                 "choose a filter_shape whose sides divide h and w, or crop/pad the images."
             )
         d = c * kh * kw
-        if self.w_init == "identity":
-            W = jnp.eye(d, dtype=x_batch.dtype)
-        else:
-            W = _random_rotation(key, d, x_batch.dtype)
+        W = initial_matrix(self.w_init, key, d, x_batch.dtype)
         return eqx.tree_at(lambda s: s.W, self, W, is_leaf=lambda v: v is None)
 
     def transform(self, x: Image, reverse: bool, *, key: Key, cond: Cond) -> tuple[Image, Scalar]:
         kh, kw = self.filter_shape
-        p = _space_to_depth(x, kh, kw)
+        p = space_to_depth(x, kh, kw)
         hp, wp, d = p.shape
         P = p.reshape(hp * wp, d).T
         Z = jnp.linalg.solve(self.W, P) if reverse else self.W @ P
-        z = _depth_to_space(Z.T.reshape(hp, wp, d), kh, kw)
+        z = depth_to_space(Z.T.reshape(hp, wp, d), kh, kw)
         return z, jnp.linalg.slogdet(self.W)[1] * (hp * wp)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._flow import AbstractBijection, AbstractFlow, ShapeError
+from .._maths import random_orthogonal
 from .._types import Cond, Key, Scalar, Vector
 
 # --------------------------------------------------------------------------------------
@@ -17,34 +18,36 @@ from .._types import Cond, Key, Scalar, Vector
 # --------------------------------------------------------------------------------------
 
 
-def _random_rotation(key, n: int, dtype) -> Array:
-    """A Haar-random `n x n` orthogonal matrix (QR of a Gaussian, signs fixed)."""
-    q, r = jnp.linalg.qr(jr.normal(key, (n, n), dtype))
-    return q * jnp.sign(jnp.diag(r))
+def ldu_init(key, n: int, dtype) -> tuple[Array, Array, Array]:
+    """`(L, log_d, U)` of an LDU layer near the identity: small random strict triangles
+    and `log_d = 0`."""
+    kl, ku = jr.split(key)
+    m = n_off_diagonal(n)
+    return 0.01 * jr.normal(kl, (m,), dtype), jnp.zeros((n,), dtype), 0.01 * jr.normal(ku, (m,), dtype)
 
 
-def _n_off_diagonal(n: int) -> int:
+def n_off_diagonal(n: int) -> int:
     return n * (n - 1) // 2
 
 
-def _unit_lower(flat: Array, n: int) -> Array:
+def unit_lower(flat: Array, n: int) -> Array:
     """Unit-lower-triangular `n x n` matrix; `flat` fills the strict lower triangle in
     row-major order (`numpy.tril_indices(n, -1)`)."""
     rows, cols = np.tril_indices(n, -1)
     return jnp.eye(n, dtype=flat.dtype).at[rows, cols].set(flat)
 
 
-def _unit_upper(flat: Array, n: int) -> Array:
+def unit_upper(flat: Array, n: int) -> Array:
     """Unit-upper-triangular `n x n` matrix; `flat` fills the strict upper triangle in
     row-major order (`numpy.triu_indices(n, 1)`)."""
     rows, cols = np.triu_indices(n, 1)
     return jnp.eye(n, dtype=flat.dtype).at[rows, cols].set(flat)
 
 
-def _ldu_apply(L_flat: Array, log_d: Array, U_flat: Array, X: Array, reverse: bool) -> Array:
+def ldu_apply(L_flat: Array, log_d: Array, U_flat: Array, X: Array, reverse: bool) -> Array:
     """`L diag(exp(log_d)) U X` (or its inverse, by triangular solves) on columns of `X`."""
     n = log_d.shape[0]
-    L, U = _unit_lower(L_flat, n), _unit_upper(U_flat, n)
+    L, U = unit_lower(L_flat, n), unit_upper(U_flat, n)
     if not reverse:
         return L @ (jnp.exp(log_d)[:, None] * (U @ X))
     Y = jsl.solve_triangular(L, X, lower=True, unit_diagonal=True)
@@ -105,7 +108,7 @@ class AffineDense(AbstractBijection):
 
     def init(self, x_batch, *, key, cond=None):
         d = _check_vectors("AffineDense", x_batch)
-        W = _random_rotation(key, d, x_batch.dtype)
+        W = random_orthogonal(key, d, dtype=x_batch.dtype)
         b = jnp.zeros((d,), x_batch.dtype)
         return eqx.tree_at(lambda s: (s.W, s.b), self, (W, b), is_leaf=lambda v: v is None)
 
@@ -135,15 +138,12 @@ class AffineLDU(AbstractBijection):
 
     def init(self, x_batch, *, key, cond=None):
         d = _check_vectors("AffineLDU", x_batch)
-        kl, ku = jr.split(key)
-        m = _n_off_diagonal(d)
-        L = 0.01 * jr.normal(kl, (m,), x_batch.dtype)
-        U = 0.01 * jr.normal(ku, (m,), x_batch.dtype)
-        log_d = jnp.zeros((d,), x_batch.dtype)
-        return eqx.tree_at(lambda s: (s.L, s.log_d, s.U), self, (L, log_d, U), is_leaf=lambda v: v is None)
+        return eqx.tree_at(
+            lambda s: (s.L, s.log_d, s.U), self, ldu_init(key, d, x_batch.dtype), is_leaf=lambda v: v is None
+        )
 
     def transform(self, x: Vector, reverse: bool, *, key: Key, cond: Cond) -> tuple[Vector, Scalar]:
-        z = _ldu_apply(self.L, self.log_d, self.U, x[:, None], reverse)[:, 0]
+        z = ldu_apply(self.L, self.log_d, self.U, x[:, None], reverse)[:, 0]
         return z, jnp.sum(self.log_d)
 
 

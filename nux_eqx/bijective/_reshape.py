@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._flow import AbstractBijection, ShapeError
+from .._maths import depth_to_space, space_to_depth
 from .._types import AnyShape, Cond, Image, Key, Scalar
 
 _Any = Float[Array, "..."]
@@ -99,14 +100,12 @@ class Transpose(AbstractBijection):
 
 def squeeze(x: Array) -> Array:
     """2x2 space-to-depth on one `(h, w, c)` image; channel index `(i * 2 + j) * c + k`."""
-    h, w, c = x.shape
-    return x.reshape(h // 2, 2, w // 2, 2, c).transpose(0, 2, 1, 3, 4).reshape(h // 2, w // 2, 4 * c)
+    return space_to_depth(x, 2, 2)
 
 
 def unsqueeze(x: Array) -> Array:
     """The inverse of [`nux_eqx.bijective.squeeze`][]."""
-    h, w, c = x.shape
-    return x.reshape(h, w, 2, 2, c // 4).transpose(0, 2, 1, 3, 4).reshape(2 * h, 2 * w, c // 4)
+    return depth_to_space(x, 2, 2)
 
 
 class Squeeze(AbstractBijection):

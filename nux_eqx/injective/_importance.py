@@ -12,6 +12,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped
 
 from .._context import capturing, child_scope
 from .._flow import AbstractContainer, AbstractFlow, ShapeError, check_input, push, sample_from, with_shapes
+from .._maths import split_key
 from ._nif import AbstractNoisyInjective
 
 
@@ -209,7 +210,7 @@ class ImportanceWeighted(AbstractContainer):
         self, x: Shaped[Array, "..."], reverse: bool, *, key: PRNGKeyArray | None, cond: PyTree
     ) -> tuple[Shaped[Array, "..."], Shaped[Array, ""]]:
         if reverse:
-            k_prior, k_nif = (None, None) if key is None else tuple(jr.split(key))
+            k_prior, k_nif = split_key(key, 2)
             with child_scope("prior"):
                 z, c_prior = self.prior(x, True, key=k_prior, cond=cond)
             with child_scope("nif"):

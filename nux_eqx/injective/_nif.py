@@ -13,6 +13,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._flow import AbstractInjective, ShapeError, check_input
+from .._maths import random_orthogonal
 from .._types import AnyShape, Cond, Key, Scalar
 from ..nn import cast_floating, default_network
 from ._gaussian_nif import (
@@ -93,11 +94,6 @@ class AbstractNoisyInjective(AbstractInjective):
         return terms.z, terms.log_hx
 
 
-def _orthonormal(key, d: int, k: int, dtype) -> Array:
-    q, _ = jnp.linalg.qr(jr.normal(key, (d, k), dtype))
-    return q
-
-
 class TallAffineDiagCov(AbstractNoisyInjective):
     """NuX's Gaussian NIF `p(x|z) = N(x | A z + b, diag(exp(log_diag_cov)))`.
 
@@ -144,7 +140,7 @@ class TallAffineDiagCov(AbstractNoisyInjective):
                 f"a NIF goes down in dimension, so out_dim must be at most {d}."
             )
         dtype = x_batch.dtype
-        A = _orthonormal(key, d, self.out_dim, dtype)
+        A = random_orthogonal(key, d, self.out_dim, dtype)
         # two distinct buffers (a shared one breaks buffer donation in training steps)
         b, log_diag_cov = jnp.zeros((d,), dtype), jnp.zeros((d,), dtype)
         return eqx.tree_at(
@@ -261,7 +257,7 @@ class CouplingTallAffineDiagCov(AbstractNoisyInjective):
                     f"CouplingTallAffineDiagCov: the network maps {(i,)} to {out.shape}, expected {(2 * o,)}."
                 )
             nets.append(cast_floating(net, dtype))
-        params = (_orthonormal(ka1, d1, k1, dtype), _orthonormal(ka2, d2, k2, dtype), *nets)
+        params = (random_orthogonal(ka1, d1, k1, dtype), random_orthogonal(ka2, d2, k2, dtype), *nets)
         return eqx.tree_at(
             lambda s: (s.A1, s.A2, s.network1, s.network2), self, params, is_leaf=lambda v: v is None
         )

@@ -1,6 +1,5 @@
 """Gaussian priors: `UnitGaussianPrior`, `ConditionalGaussianPrior`, `AffineGaussianPriorDiagCov`."""
 
-import math
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -11,15 +10,9 @@ import jax.random as jr
 from jaxtyping import Array, Float
 
 from .._flow import AbstractPrior, ShapeError
+from .._maths import LOG_2PI, random_orthogonal, std_normal_log_prob
 from .._types import AnyShape, Cond, Key, Scalar, Vector
 from ..nn import cast_floating, cond_features, default_network
-
-_LOG_2PI = math.log(2 * math.pi)
-
-
-def std_normal_log_prob(z: Array) -> Array:
-    """`log N(z; 0, I)`, summed over every element of `z`."""
-    return -0.5 * jnp.sum(z**2) - 0.5 * z.size * _LOG_2PI
 
 
 class UnitGaussianPrior(AbstractPrior):
@@ -162,8 +155,7 @@ class AffineGaussianPriorDiagCov(AbstractPrior):
                 f"size {d}; it must be at most {d}."
             )
         # Orthonormal columns (NuX whitened A), scaled to the data's spread.
-        q, _ = jnp.linalg.qr(jr.normal(key, (d, self.out_dim), x_batch.dtype))
-        A = q
+        A = random_orthogonal(key, d, self.out_dim, x_batch.dtype)
         log_diag_cov = jnp.zeros((d,), x_batch.dtype)
         return eqx.tree_at(
             lambda s: (s.A, s.log_diag_cov), self, (A, log_diag_cov), is_leaf=lambda v: v is None
@@ -181,7 +173,7 @@ class AffineGaussianPriorDiagCov(AbstractPrior):
         y = jax.scipy.linalg.solve_triangular(L, b, lower=True)
         quad = jnp.sum(x**2 * inv_var) - jnp.sum(y**2)
         logdet = 2 * jnp.sum(jnp.log(jnp.diag(L))) + jnp.sum(self.log_diag_cov)
-        return -0.5 * (quad + logdet + x.shape[0] * _LOG_2PI)
+        return -0.5 * (quad + logdet + x.shape[0] * LOG_2PI)
 
     def transform(
         self, x: Vector, reverse: bool, *, key: Key, cond: Cond

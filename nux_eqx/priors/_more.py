@@ -17,18 +17,8 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .._flow import AbstractPrior, ShapeError
+from .._maths import LOG_2PI, diag_gaussian_log_prob, random_orthogonal
 from .._types import AnyShape, Cond, Key, Scalar, Vector
-
-_LOG_2PI = math.log(2 * math.pi)
-
-
-def _diag_gaussian_log_prob(x: Array, mean: Array, log_scale: Array) -> Array:
-    """`log N(x; mean, diag(exp(2 log_scale)))`, summed over the trailing `x.ndim` axes
-    (so `mean` and `log_scale` may carry leading component axes)."""
-    eps = (x - mean) * jnp.exp(-log_scale)
-    axes = tuple(range(eps.ndim - x.ndim, eps.ndim))
-    return jnp.sum(-0.5 * eps**2 - log_scale, axis=axes) - 0.5 * x.size * _LOG_2PI
-
 
 # --------------------------------------------------------------------------------------
 # Gaussians.
@@ -62,7 +52,7 @@ class DiagGaussianPrior(AbstractPrior):
         )
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
-        return x, _diag_gaussian_log_prob(x, self.mean, self.log_scale)
+        return x, diag_gaussian_log_prob(x, self.mean, self.log_scale)
 
     def sample_and_log_prob(self, key, *, cond=None, temperature=1.0):
         eps = jr.normal(key, self.in_shape, self.mean.dtype)
@@ -113,7 +103,7 @@ class AffineGaussianPriorFullCov(AbstractPrior):
                 f"AffineGaussianPriorFullCov: out_dim={self.out_dim} is larger than the input "
                 f"size {d}; it must be at most {d}."
             )
-        A, _ = jnp.linalg.qr(jr.normal(key, (d, self.out_dim), x_batch.dtype))
+        A = random_orthogonal(key, d, self.out_dim, x_batch.dtype)
         cov_tril = jnp.zeros((d * (d + 1) // 2,), x_batch.dtype)
         return eqx.tree_at(lambda s: (s.A, s.cov_tril), self, (A, cov_tril), is_leaf=lambda v: v is None)
 
@@ -142,7 +132,7 @@ class AffineGaussianPriorFullCov(AbstractPrior):
         y = jax.scipy.linalg.solve_triangular(C, B.T @ xt, lower=True)
         quad = jnp.sum(xt**2) - jnp.sum(y**2)
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(L))) + 2 * jnp.sum(jnp.log(jnp.diagonal(C)))
-        return -0.5 * (quad + logdet + x.shape[0] * _LOG_2PI)
+        return -0.5 * (quad + logdet + x.shape[0] * LOG_2PI)
 
     def transform(
         self, x: Vector, reverse: bool, *, key: Key, cond: Cond
@@ -247,7 +237,7 @@ class GMMPrior(AbstractPrior):
         )
 
     def _component_log_probs(self, x):
-        return _diag_gaussian_log_prob(x, self.means, self.log_scales)  # (K,)
+        return diag_gaussian_log_prob(x, self.means, self.log_scales)  # (K,)
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         y = _label_of("GMMPrior", cond, self.n_classes)
@@ -332,7 +322,7 @@ class MixtureGaussianPrior(AbstractPrior):
         )
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
-        comp = _diag_gaussian_log_prob(x, self.means, self.log_scales)
+        comp = diag_gaussian_log_prob(x, self.means, self.log_scales)
         return x, jax.nn.logsumexp(jax.nn.log_softmax(self.logits) + comp)
 
     def sample_and_log_prob(self, key, *, cond=None, temperature=1.0):

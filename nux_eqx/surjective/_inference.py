@@ -20,12 +20,12 @@ import jax.random as jr
 from jaxtyping import Array, Float
 
 from .._flow import AbstractSurjective, ShapeError
+from .._maths import depth_to_space, diag_gaussian_log_prob, space_to_depth
 from .._types import AnyShape, Cond, Image, Key, Scalar
 from ._common import (
     batched_feature_shape,
     build_network,
     features,
-    gaussian_log_prob,
     network_dtype,
 )
 
@@ -37,12 +37,12 @@ from ._common import (
 def _blocks(x: Array) -> Array:
     """`(h, w, c)` -> `(h/2, w/2, 4, c)`; block position `p = 2 * di + dj`."""
     h, w, c = x.shape
-    return x.reshape(h // 2, 2, w // 2, 2, c).transpose(0, 2, 1, 3, 4).reshape(h // 2, w // 2, 4, c)
+    return space_to_depth(x).reshape(h // 2, w // 2, 4, c)
 
 
 def _unblocks(b: Array) -> Array:
     h2, w2, _, c = b.shape
-    return b.reshape(h2, w2, 2, 2, c).transpose(0, 2, 1, 3, 4).reshape(2 * h2, 2 * w2, c)
+    return depth_to_space(b.reshape(h2, w2, 4 * c))
 
 
 class MaxPool(AbstractSurjective):
@@ -249,10 +249,10 @@ class Slice(AbstractSurjective):
         if reverse:
             mean, log_scale = self.conditional(x, cond)
             x_drop = mean + jnp.exp(log_scale) * jr.normal(key, mean.shape, x.dtype)
-            return jnp.concatenate([x, x_drop], axis=-1), gaussian_log_prob(x_drop, mean, log_scale)
+            return jnp.concatenate([x, x_drop], axis=-1), diag_gaussian_log_prob(x_drop, mean, log_scale)
         x_keep, x_drop = x[..., : self.keep], x[..., self.keep :]
         mean, log_scale = self.conditional(x_keep, cond)
-        return x_keep, gaussian_log_prob(x_drop, mean, log_scale)
+        return x_keep, diag_gaussian_log_prob(x_drop, mean, log_scale)
 
 
 # --------------------------------------------------------------------------------------
