@@ -54,9 +54,6 @@ class OneByOneConvLDU(AbstractBijection):
     log_d: Float[Array, " c"] | None = None
     U: Float[Array, " n_off"] | None = None
 
-    def __init__(self):
-        self.L = self.log_d = self.U = None
-
     def init(self, x_batch, *, key, cond=None):
         _, _, c = _check_images("OneByOneConvLDU", x_batch)
         return eqx.tree_at(

@@ -133,9 +133,6 @@ class AffineLDU(AbstractBijection):
     log_d: Float[Array, " dim"] | None = None
     U: Float[Array, " n_off"] | None = None
 
-    def __init__(self):
-        self.L = self.log_d = self.U = None
-
     def init(self, x_batch, *, key, cond=None):
         d = _check_vectors("AffineLDU", x_batch)
         return eqx.tree_at(

@@ -12,6 +12,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._checks import positive_int, vector_size
 from .._flow import AbstractInjective, ShapeError, check_input
 from .._maths import random_orthogonal
 from .._types import AnyShape, Cond, Key, Scalar
@@ -119,26 +120,15 @@ class TallAffineDiagCov(AbstractNoisyInjective):
     out_dim: int = eqx.field(static=True)
 
     def __init__(self, out_dim: int):
-        if int(out_dim) < 1:
-            raise ValueError(f"TallAffineDiagCov: out_dim must be >= 1, got {out_dim}.")
-        self.out_dim = int(out_dim)
+        self.out_dim = positive_int("TallAffineDiagCov", "out_dim", out_dim)
         self.A = None
         self.b = None
         self.log_diag_cov = None
 
     def init(self, x_batch, *, key, cond=None):
-        shape = tuple(x_batch.shape[1:])
-        if len(shape) != 1:
-            raise ShapeError(
-                f"TallAffineDiagCov takes vectors, got examples of shape {shape}; put `Flatten()` "
-                "before it (or use `UpSample` for images)."
-            )
-        d = shape[0]
-        if self.out_dim > d:
-            raise ShapeError(
-                f"TallAffineDiagCov: out_dim={self.out_dim} is larger than the input size {d}; "
-                f"a NIF goes down in dimension, so out_dim must be at most {d}."
-            )
+        d = vector_size(
+            "TallAffineDiagCov", x_batch, out_dim=self.out_dim, hint=" (or use `UpSample` for images)"
+        )
         dtype = x_batch.dtype
         A = random_orthogonal(key, d, self.out_dim, dtype)
         # two distinct buffers (a shared one breaks buffer donation in training steps)
@@ -229,18 +219,10 @@ class CouplingTallAffineDiagCov(AbstractNoisyInjective):
         self.A1 = self.A2 = self.network1 = self.network2 = None
 
     def init(self, x_batch, *, key, cond=None):
-        shape = tuple(x_batch.shape[1:])
-        if len(shape) != 1:
-            raise ShapeError(
-                f"CouplingTallAffineDiagCov takes vectors, got examples of shape {shape}; put "
-                "`Flatten()` before it (or use `CouplingUpSample` for images)."
-            )
-        d, k = shape[0], self.out_dim
-        if k > d:
-            raise ShapeError(
-                f"CouplingTallAffineDiagCov: out_dim={k} is larger than the input size {d}; it must "
-                f"be at most {d}."
-            )
+        k = self.out_dim
+        d = vector_size(
+            "CouplingTallAffineDiagCov", x_batch, out_dim=k, hint=" (or use `CouplingUpSample` for images)"
+        )
         d1, k1 = d // 2, k // 2
         d2, k2 = d - d1, k - k1
         ka1, ka2, kn1, kn2 = jr.split(key, 4)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float
 
+from .._checks import positive_int, vector_size
 from .._flow import AbstractPrior, ShapeError
 from .._maths import LOG_2PI, random_orthogonal, std_normal_log_prob
 from .._types import AnyShape, Cond, Key, Scalar, Vector
@@ -135,25 +136,11 @@ class AffineGaussianPriorDiagCov(AbstractPrior):
     out_dim: int = eqx.field(static=True)
 
     def __init__(self, out_dim: int):
-        if int(out_dim) < 1:
-            raise ValueError(f"AffineGaussianPriorDiagCov: out_dim must be >= 1, got {out_dim}.")
-        self.out_dim = int(out_dim)
-        self.A = None
-        self.log_diag_cov = None
+        self.out_dim = positive_int("AffineGaussianPriorDiagCov", "out_dim", out_dim)
+        self.A = self.log_diag_cov = None
 
     def init(self, x_batch, *, key, cond=None):
-        shape = x_batch.shape[1:]
-        if len(shape) != 1:
-            raise ShapeError(
-                f"AffineGaussianPriorDiagCov takes vectors, got examples of shape {shape}; put "
-                "`Flatten()` before it."
-            )
-        d = shape[0]
-        if self.out_dim > d:
-            raise ShapeError(
-                f"AffineGaussianPriorDiagCov: out_dim={self.out_dim} is larger than the input "
-                f"size {d}; it must be at most {d}."
-            )
+        d = vector_size("AffineGaussianPriorDiagCov", x_batch, out_dim=self.out_dim)
         # Orthonormal columns (NuX whitened A), scaled to the data's spread.
         A = random_orthogonal(key, d, self.out_dim, x_batch.dtype)
         log_diag_cov = jnp.zeros((d,), x_batch.dtype)

@@ -16,6 +16,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .._checks import positive_int, vector_size
 from .._flow import AbstractPrior, ShapeError
 from .._maths import LOG_2PI, diag_gaussian_log_prob, random_orthogonal
 from .._types import AnyShape, Cond, Key, Scalar, Vector
@@ -84,25 +85,11 @@ class AffineGaussianPriorFullCov(AbstractPrior):
     out_dim: int = eqx.field(static=True)
 
     def __init__(self, out_dim: int):
-        if int(out_dim) < 1:
-            raise ValueError(f"AffineGaussianPriorFullCov: out_dim must be >= 1, got {out_dim}.")
-        self.out_dim = int(out_dim)
-        self.A = None
-        self.cov_tril = None
+        self.out_dim = positive_int("AffineGaussianPriorFullCov", "out_dim", out_dim)
+        self.A = self.cov_tril = None
 
     def init(self, x_batch, *, key, cond=None):
-        shape = x_batch.shape[1:]
-        if len(shape) != 1:
-            raise ShapeError(
-                f"AffineGaussianPriorFullCov takes vectors, got examples of shape {shape}; put "
-                "`Flatten()` before it."
-            )
-        d = shape[0]
-        if self.out_dim > d:
-            raise ShapeError(
-                f"AffineGaussianPriorFullCov: out_dim={self.out_dim} is larger than the input "
-                f"size {d}; it must be at most {d}."
-            )
+        d = vector_size("AffineGaussianPriorFullCov", x_batch, out_dim=self.out_dim)
         A = random_orthogonal(key, d, self.out_dim, x_batch.dtype)
         cov_tril = jnp.zeros((d * (d + 1) // 2,), x_batch.dtype)
         return eqx.tree_at(lambda s: (s.A, s.cov_tril), self, (A, cov_tril), is_leaf=lambda v: v is None)
@@ -214,11 +201,8 @@ class GMMPrior(AbstractPrior):
     n_classes: int = eqx.field(static=True)
 
     def __init__(self, n_classes: int):
-        if int(n_classes) < 1:
-            raise ValueError(f"GMMPrior: n_classes must be >= 1, got {n_classes}.")
-        self.n_classes = int(n_classes)
-        self.means = None
-        self.log_scales = None
+        self.n_classes = positive_int("GMMPrior", "n_classes", n_classes)
+        self.means = self.log_scales = None
 
     def init(self, x_batch, *, key, cond=None):
         shape, dtype = x_batch.shape[1:], x_batch.dtype
@@ -303,9 +287,7 @@ class MixtureGaussianPrior(AbstractPrior):
     K: int = eqx.field(static=True)
 
     def __init__(self, K: int = 4):
-        if int(K) < 1:
-            raise ValueError(f"MixtureGaussianPrior: K must be >= 1, got {K}.")
-        self.K = int(K)
+        self.K = positive_int("MixtureGaussianPrior", "K", K)
         self.logits = None
         self.means = None
         self.log_scales = None
