@@ -12,8 +12,8 @@ from nux_eqx.testing import scramble
 from nux_eqx.train import nll
 from nux_eqx.train._checkpoint import save_checkpoint
 from nux_eqx.train._fit import (
-    Resumed,
     TrainingLoop,
+    TrainingState,
     Validator,
     check_settings,
     new_history,
@@ -116,7 +116,7 @@ def test_resume_from_reads_the_state_and_refuses_another_config(tmp_path, x):
         config=s.config(),
     )
     r = resume_from(path, s.config(), flow=flow, opt_state=opt_state, key=jr.key(0))
-    assert isinstance(r, Resumed) and r.step == 2 and r.best is None
+    assert isinstance(r, TrainingState) and r.step == 2 and r.best is None
     assert r.history["train_loss"] == [1.0, 0.5] and r.history["stop_reason"] is None
     assert np.array_equal(jr.key_data(r.key), jr.key_data(jr.key(7)))
     np.testing.assert_array_equal(np.asarray(r.flow.layers[0].b), np.asarray(moved.layers[0].b))
@@ -143,14 +143,12 @@ def make_loop(x, **kw):
     s = settings(x[:30], valid=x[30:], **kw)
     flow = small_flow(x)
     opt = optax.adam(1e-3)
+    state = TrainingState(
+        flow, opt.init(nux.trainable(flow)[0]), None, 0, jr.key(1), new_history(s.bpd_factor)
+    )
     return TrainingLoop(
         s,
-        flow=flow,
-        opt_state=opt.init(nux.trainable(flow)[0]),
-        best=None,
-        step=0,
-        key=jr.key(1),
-        history=new_history(s.bpd_factor),
+        state,
         opt=opt,
         loss=nll,
         ckpt=None,

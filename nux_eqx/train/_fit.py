@@ -402,8 +402,8 @@ def new_history(bpd_factor: float) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-class Resumed(NamedTuple):
-    """The state a checkpoint holds."""
+class TrainingState(NamedTuple):
+    """Where a run stands: what a checkpoint holds and the loop starts from."""
 
     flow: AbstractFlow
     opt_state: PyTree
@@ -421,7 +421,7 @@ def _cannot_resume(e: Exception) -> CheckpointError:
 
 def resume_from(
     ckpt: str, config: dict, *, flow: AbstractFlow, opt_state: PyTree, key: PRNGKeyArray
-) -> Resumed:
+) -> TrainingState:
     """Read the checkpoint `ckpt` of a run with the same `config` into the structure of
     `flow` and `opt_state`; a corrupt file or a different config raises a clear error and
     leaves the file as it is."""
@@ -441,7 +441,9 @@ def resume_from(
     except CheckpointError as e:
         raise _cannot_resume(e) from e
     history = {**state["history"], "stop_reason": None}
-    return Resumed(state["flow"], state["opt_state"], state["best"], state["step"], state["key"], history)
+    return TrainingState(
+        state["flow"], state["opt_state"], state["best"], state["step"], state["key"], history
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -553,19 +555,15 @@ class TrainingLoop:
     def __init__(
         self,
         s: FitSettings,
+        state: TrainingState,
         *,
-        flow: AbstractFlow,
-        opt_state: PyTree,
-        best: AbstractFlow | None,
-        step: int,
-        key: PRNGKeyArray,
-        history: dict,
         opt: optax.GradientTransformation,
         loss: Callable,
         ckpt: str | None,
         final_path: str | None,
         progress: bool,
     ):
+        flow, opt_state, best, step, key, history = state
         self.s, self.key, self.history = s, key, history
         _, self.k_train, k_valid, k_order = jr.split(key, 4)
         self.order = _Order(_seed_words(k_order), s.n, s.batch_size)
@@ -853,7 +851,7 @@ def fit(
     flow = initial_flow(flow, s, init_batches, jr.split(key, 4)[0])
     opt = _make_optimizer(optimizer, clip_norm, warmup_steps, ema)
     opt_state = opt.init(trainable(flow)[0])
-    state = Resumed(flow, opt_state, None, 0, key, new_history(s.bpd_factor))
+    state = TrainingState(flow, opt_state, None, 0, key, new_history(s.bpd_factor))
     if resume and checkpoint_dir is None:
         raise ValueError("fit: resume=True needs a checkpoint_dir.")
     ckpt = final = None
@@ -864,18 +862,5 @@ def fit(
             # continue with the run's own key (the batch order and step keys derive from it)
             state = resume_from(ckpt, s.config(), flow=flow, opt_state=opt_state, key=key)
             state = state._replace(history={**new_history(s.bpd_factor), **state.history})
-    loop = TrainingLoop(
-        s,
-        flow=state.flow,
-        opt_state=state.opt_state,
-        best=state.best,
-        step=state.step,
-        key=state.key,
-        history=state.history,
-        opt=opt,
-        loss=loss,
-        ckpt=ckpt,
-        final_path=final,
-        progress=progress,
-    )
+    loop = TrainingLoop(s, state, opt=opt, loss=loss, ckpt=ckpt, final_path=final, progress=progress)
     return loop.run()
