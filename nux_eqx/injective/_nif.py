@@ -3,7 +3,7 @@
 
 import abc
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import equinox as eqx
 import jax
@@ -157,7 +157,113 @@ def _order(n: int, kind: str) -> np.ndarray:
     return np.arange(n)
 
 
-class CouplingTallAffineDiagCov(AbstractNoisyInjective):
+class GaussianOps(NamedTuple):
+    """The closed forms of one kind of linear map `A` (its argument `op`: a matrix, or
+    upsampling factors), as `_gaussian_nif` implements them."""
+
+    apply: Callable  # (z, op) -> A z
+    sample_posterior: Callable  # (x, op, b, log_diag_cov, key) -> NIFTerms
+    pinv: Callable  # (x, op, b) -> (z, -½ log det(AᵀA))
+    log_hx: Callable  # (x, op, b, log_diag_cov) -> log h(x)
+
+
+class AbstractCouplingNIF(AbstractNoisyInjective):
+    """NuX's coupling Gaussian NIFs: `x` splits into `x1`, `x2` and `z` into `z1`, `z2`, and
+
+        p(x1, x2 | z1, z2) = N(x1 | A1 z1 + b1(x2), Σ1(x2)) · N(x2 | A2 z2 + b2(z1), Σ2(z1)),
+
+    with `network1` giving `(b1, log_diag_cov1)` from `x2` and `network2` giving
+    `(b2, log_diag_cov2)` from (features of) `z1`, each output split in halves along its
+    last axis. The stochastic inverse samples `z1 ~ q1(z1 | x)`, then `z2 ~ q2(z2 | x2, z1)`;
+    generation runs `x2` first, then `x1`. Without a key the forward map is the exact
+    pseudo-inverse and the contribution `-½ log det(JᵀJ)` of the generator's Jacobian.
+
+    A subclass gives the splits, the maps `A_i` (`_op`, `gaussian`) and the features of
+    `z1` that `network2` reads.
+    """
+
+    network1: eqx.AbstractVar[eqx.Module | None]
+    network2: eqx.AbstractVar[eqx.Module | None]
+    gaussian: eqx.AbstractClassVar[GaussianOps]
+
+    @abc.abstractmethod
+    def _split_x(self, x: Array) -> tuple[Array, Array]:
+        """`x -> (x1, x2)`."""
+
+    @abc.abstractmethod
+    def _split_z(self, z: Array) -> tuple[Array, Array]:
+        """`z -> (z1, z2)`."""
+
+    @abc.abstractmethod
+    def _join(self, v1: Array, v2: Array) -> Array:
+        """The inverse of both splits."""
+
+    @abc.abstractmethod
+    def _op(self, i: int):
+        """The argument of `gaussian`'s functions for stage `i` (0 or 1)."""
+
+    @abc.abstractmethod
+    def _z1_features(self, z1: Array) -> Array:
+        """The input of `network2`."""
+
+    @staticmethod
+    def _params(net, v: Array) -> tuple[Array, Array]:
+        h = net(v)
+        n = h.shape[-1] // 2
+        return h[..., :n], h[..., n:]
+
+    def _sample_posterior(self, x, key):
+        g = self.gaussian
+        k1, k2 = jr.split(key)
+        x1, x2 = self._split_x(x)
+        b1, lc1 = self._params(self.network1, x2)
+        t1 = g.sample_posterior(x1, self._op(0), b1, lc1, k1)
+        b2, lc2 = self._params(self.network2, self._z1_features(t1.z))
+        t2 = g.sample_posterior(x2, self._op(1), b2, lc2, k2)
+        return add_terms(t1, t2, self._join(t1.z, t2.z))
+
+    def _mean_generator(self, z):
+        g = self.gaussian
+        z1, z2 = self._split_z(z)
+        b2, _ = self._params(self.network2, self._z1_features(z1))
+        x2 = g.apply(z2, self._op(1)) + b2
+        b1, _ = self._params(self.network1, x2)
+        return self._join(g.apply(z1, self._op(0)) + b1, x2)
+
+    def _pinv(self, x):
+        g = self.gaussian
+        x1, x2 = self._split_x(x)
+        b1, _ = self._params(self.network1, x2)
+        z1, _ = g.pinv(x1, self._op(0), b1)
+        b2, _ = self._params(self.network2, self._z1_features(z1))
+        z2, _ = g.pinv(x2, self._op(1), b2)
+        z = self._join(z1, z2)
+        return z, -tall_half_logdet(self._mean_generator, z)
+
+    def _generate(self, z, key):
+        if key is None:
+            return self._mean_generator(z), -tall_half_logdet(self._mean_generator, z)
+        g = self.gaussian
+        k1, k2 = jr.split(key)
+        z1, z2 = self._split_z(z)
+        b2, lc2 = self._params(self.network2, self._z1_features(z1))
+        x2 = g.apply(z2, self._op(1)) + b2
+        x2 = x2 + jnp.exp(0.5 * lc2) * jr.normal(k2, x2.shape, x2.dtype)
+        b1, lc1 = self._params(self.network1, x2)
+        x1 = g.apply(z1, self._op(0)) + b1
+        x1 = x1 + jnp.exp(0.5 * lc1) * jr.normal(k1, x1.shape, x1.dtype)
+        c = g.log_hx(x1, self._op(0), b1, lc1) + g.log_hx(x2, self._op(1), b2, lc2)
+        return self._join(x1, x2), c
+
+
+def _dense_apply(z: Array, A: Array) -> Array:
+    return A @ z
+
+
+DENSE = GaussianOps(_dense_apply, dense_sample_posterior, dense_pinv, dense_log_hx)
+
+
+class CouplingTallAffineDiagCov(AbstractCouplingNIF):
     """NuX's coupling Gaussian NIF, for vectors.
 
     `x` (size `D`) is split into `x1` (`D // 2` features) and `x2`, `z` (size `out_dim`)
@@ -244,60 +350,25 @@ class CouplingTallAffineDiagCov(AbstractNoisyInjective):
             lambda s: (s.A1, s.A2, s.network1, s.network2), self, params, is_leaf=lambda v: v is None
         )
 
-    # ---- helpers ----
+    # ---- the coupling ----
+    gaussian: ClassVar[GaussianOps] = DENSE
+
     def _split(self, v: Array, n1: int) -> tuple[Array, Array]:
         v = v[_order(v.shape[0], self.kind)]
         return v[:n1], v[n1:]
+
+    def _split_x(self, x):
+        return self._split(x, x.shape[0] // 2)
+
+    def _split_z(self, z):
+        return self._split(z, self.out_dim // 2)
 
     def _join(self, v1: Array, v2: Array) -> Array:
         v = jnp.concatenate([v1, v2])
         return v[np.argsort(_order(v.shape[0], self.kind))]
 
-    def _cond1(self, x2):
-        h = self.network1(x2)
-        n = h.shape[0] // 2
-        return h[:n], h[n:]
+    def _op(self, i):
+        return (self.A1, self.A2)[i]
 
-    def _cond2(self, z1):
-        h = self.network2(z1)
-        n = h.shape[0] // 2
-        return h[:n], h[n:]
-
-    def _sample_posterior(self, x, key):
-        k1, k2 = jr.split(key)
-        x1, x2 = self._split(x, x.shape[0] // 2)
-        b1, lc1 = self._cond1(x2)
-        t1 = dense_sample_posterior(x1, self.A1, b1, lc1, k1)
-        b2, lc2 = self._cond2(t1.z)
-        t2 = dense_sample_posterior(x2, self.A2, b2, lc2, k2)
-        return add_terms(t1, t2, self._join(t1.z, t2.z))
-
-    def _mean_generator(self, z):
-        z1, z2 = self._split(z, self.out_dim // 2)
-        b2, _ = self._cond2(z1)
-        x2 = self.A2 @ z2 + b2
-        b1, _ = self._cond1(x2)
-        return self._join(self.A1 @ z1 + b1, x2)
-
-    def _pinv(self, x):
-        x1, x2 = self._split(x, x.shape[0] // 2)
-        b1, _ = self._cond1(x2)
-        z1, _ = dense_pinv(x1, self.A1, b1)
-        b2, _ = self._cond2(z1)
-        z2, _ = dense_pinv(x2, self.A2, b2)
-        z = self._join(z1, z2)
-        return z, -tall_half_logdet(self._mean_generator, z)
-
-    def _generate(self, z, key):
-        if key is None:
-            return self._mean_generator(z), -tall_half_logdet(self._mean_generator, z)
-        k1, k2 = jr.split(key)
-        z1, z2 = self._split(z, self.out_dim // 2)
-        b2, lc2 = self._cond2(z1)
-        x2 = self.A2 @ z2 + b2
-        x2 = x2 + jnp.exp(0.5 * lc2) * jr.normal(k2, x2.shape, x2.dtype)
-        b1, lc1 = self._cond1(x2)
-        x1 = self.A1 @ z1 + b1
-        x1 = x1 + jnp.exp(0.5 * lc1) * jr.normal(k1, x1.shape, x1.dtype)
-        c = dense_log_hx(x1, self.A1, b1, lc1) + dense_log_hx(x2, self.A2, b2, lc2)
-        return self._join(x1, x2), c
+    def _z1_features(self, z1):
+        return z1
