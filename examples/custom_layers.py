@@ -2,8 +2,9 @@
 
     python examples/custom_layers.py
 
-A layer is a final `eqx.Module` deriving `nux_eqx.AbstractFlow`:
-- `layer_kind` says which checks apply ("bijective" here);
+A layer is a final `eqx.Module` whose base class is its kind:
+- `nux_eqx.AbstractBijection` here (also `AbstractInjective`, `AbstractSurjective`,
+  `AbstractPrior`, `AbstractContainer`); the kind says which checks `check_flow` applies;
 - parameters start as `None`; the `init` hook fills them from a batch with `eqx.tree_at`;
 - `transform(x, reverse, *, key, cond)` acts on ONE example and returns `(z, contribution)`,
   with jaxtyping annotations that beartype checks when traced. The framework checks
@@ -11,7 +12,6 @@ A layer is a final `eqx.Module` deriving `nux_eqx.AbstractFlow`:
 """
 
 import math
-from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -22,11 +22,10 @@ import nux_eqx as nux
 from nux_eqx.testing import check_flow
 
 
-class OnebyOneConvDense(nux.AbstractFlow):
+class OnebyOneConvDense(nux.AbstractBijection):
     """A 1x1 convolution with a dense `c x c` matrix `W`: `z[h, w] = W x[h, w]`."""
 
     W: Float[Array, "c c"] | None = None
-    layer_kind: ClassVar[str] = "bijective"
 
     def init(self, x_batch, *, key, cond=None):
         height, width, channel = x_batch.shape[1:]  # one leading batch axis
@@ -43,12 +42,11 @@ class OnebyOneConvDense(nux.AbstractFlow):
         return z, log_det
 
 
-class MyActNorm(nux.AbstractFlow):
+class MyActNorm(nux.AbstractBijection):
     """ActNorm with data-dependent initialisation: the first batch comes out standardised."""
 
     b: Float[Array, " c"] | None = None
     log_s: Float[Array, " c"] | None = None
-    layer_kind: ClassVar[str] = "bijective"
 
     def init(self, x_batch, *, key, cond=None):
         axes = tuple(range(x_batch.ndim - 1))  # batch and spatial axes

@@ -34,9 +34,16 @@ from ._containers import (
 from ._containers import (
     sequential as sequential,
 )
+from ._context import check_finite as check_finite
+from ._flow import AbstractBijection as AbstractBijection
+from ._flow import AbstractContainer as AbstractContainer
 from ._flow import (
     AbstractFlow as AbstractFlow,
 )
+from ._flow import AbstractInjective as AbstractInjective
+from ._flow import AbstractLayer as AbstractLayer
+from ._flow import AbstractPrior as AbstractPrior
+from ._flow import AbstractSurjective as AbstractSurjective
 from ._flow import (
     Captured as Captured,
 )
@@ -53,9 +60,6 @@ from ._flow import (
     capture as capture,
 )
 from ._flow import (
-    check_finite as check_finite,
-)
-from ._flow import (
     init as init,
 )
 from ._flow import (
@@ -67,6 +71,7 @@ from ._flow import (
 from ._flow import (
     trainable as trainable,
 )
+from ._flow import with_shapes as with_shapes
 from ._repeat import Repeat as Repeat
 from ._serialise import CheckpointError as CheckpointError
 from ._serialise import load as load

@@ -1,20 +1,15 @@
 """Containers: `Sequential`, `Invert`, `Factored`, `ChainRule`. Each is a pytree."""
 
-from typing import ClassVar, NamedTuple
+from typing import NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped
 
-from ._flow import AbstractFlow, ShapeError, child_scope, push, with_shapes
-
-
-def split_key(key: PRNGKeyArray | None, n: int) -> list[PRNGKeyArray | None]:
-    """Split `key` into `n` keys, or return `n` times `None` when `key` is `None`."""
-    if key is None:
-        return [None] * n
-    return list(jr.split(key, n))
+from ._context import child_scope
+from ._flow import AbstractContainer, AbstractFlow, ShapeError, cannot_sample, push, sample_from, with_shapes
+from ._maths import split_key
 
 
 def _check_flows(owner: str, flows) -> tuple[AbstractFlow, ...]:
@@ -28,7 +23,7 @@ def _check_flows(owner: str, flows) -> tuple[AbstractFlow, ...]:
     return flows
 
 
-class Sequential(AbstractFlow):
+class Sequential(AbstractContainer):
     """Layers in order: forward in order, reverse in reverse order; contributions sum.
 
     NuX's `sequential`. Sampling starts at the last layer (a prior) and runs the others
@@ -53,7 +48,6 @@ class Sequential(AbstractFlow):
     """
 
     layers: tuple[AbstractFlow, ...]
-    layer_kind: ClassVar[str] = "container"
 
     def __init__(self, *layers: AbstractFlow):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
@@ -100,7 +94,7 @@ class Sequential(AbstractFlow):
         out = eqx.tree_at(lambda s: s.layers, self, tuple(new))
         return with_shapes(out, x_batch.shape[1:], z.shape[1:]), z
 
-    def can_sample(self) -> bool:
+    def children_can_sample(self) -> bool:
         return any(f.can_sample() for f in self.layers)
 
     def sample_and_log_prob(self, key, *, cond=None, temperature=1.0):
@@ -110,7 +104,7 @@ class Sequential(AbstractFlow):
         n = len(self.layers)
         p = max((i for i, f in enumerate(self.layers) if f.can_sample()), default=None)
         if p is None:
-            return super().sample_and_log_prob(key, cond=cond, temperature=temperature)
+            raise cannot_sample(self)
         k_p, k_rest = jr.split(key)
         with child_scope(f"layers[{p}]"):
             x, log_q = self.layers[p].sample_and_log_prob(k_p, cond=cond, temperature=temperature)
@@ -130,7 +124,7 @@ class Sequential(AbstractFlow):
 sequential = Sequential
 
 
-class Invert(AbstractFlow):
+class Invert(AbstractContainer):
     """Swap the directions of a flow and negate its contribution.
 
     `Invert(f)` runs `f` in reverse when called forward. IAF is `Invert(MAF(...))`.
@@ -159,7 +153,6 @@ class Invert(AbstractFlow):
     """
 
     flow: AbstractFlow
-    layer_kind: ClassVar[str] = "container"
 
     def __init__(self, flow: AbstractFlow):
         (self.flow,) = _check_flows("Invert", [flow])
@@ -193,6 +186,12 @@ class Invert(AbstractFlow):
         new = eqx.tree_at(lambda s: s.flow, self, inner)
         new = with_shapes(new, inner.out_shape, inner.in_shape)
         return new, push(new, x_batch, key=key, cond=cond)
+
+    def children_can_sample(self) -> bool:
+        return False  # the inner flow's prior would sit at the data end
+
+    def sample_and_log_prob(self, key, *, cond=None, temperature=1.0):
+        raise cannot_sample(self)
 
 
 def _norm_axis(axis: int, ndim: int, owner: str) -> int:
@@ -233,7 +232,7 @@ def _cut(x: Array, sizes: tuple[int, ...], axis: int) -> list[Array]:
     return jnp.split(x, idx, axis=axis)
 
 
-class Factored(AbstractFlow):
+class Factored(AbstractContainer):
     """Split the example, run one flow per part independently, concatenate the outputs.
 
     NuX's `ChainRule(2, factor=True)` + `factored(...)` + `ChainRule(2, factor=False)` in
@@ -266,7 +265,6 @@ class Factored(AbstractFlow):
     flows: tuple[AbstractFlow, ...]
     split: int | tuple[int, ...] = eqx.field(static=True)
     axis: int = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "container"
 
     def __init__(self, *flows: AbstractFlow, split: int | tuple[int, ...] = 2, axis: int = -1):
         self.flows = _check_flows("Factored", flows)
@@ -319,7 +317,7 @@ class Factored(AbstractFlow):
         out = eqx.tree_at(lambda s: s.flows, self, tuple(new))
         return with_shapes(out, shape, z.shape[1:]), z
 
-    def can_sample(self) -> bool:
+    def children_can_sample(self) -> bool:
         return all(f.can_sample() for f in self.flows)
 
     def sample_and_log_prob(self, key, *, cond=None, temperature=1.0):
@@ -328,7 +326,7 @@ class Factored(AbstractFlow):
         xs, total = [], 0.0
         for i, (f, k) in enumerate(zip(self.flows, keys)):
             with child_scope(f"flows[{i}]"):
-                x, lq = f.sample_and_log_prob(k, cond=cond, temperature=temperature)
+                x, lq = sample_from(f, k, cond=cond, temperature=temperature)
             xs.append(x)
             total = total + lq
         return jnp.concatenate(xs, axis=ax), total
@@ -374,7 +372,7 @@ def _refuse_nux_chain_rule(first: object, second: object, options: dict) -> None
     )
 
 
-class ChainRule(AbstractFlow):
+class ChainRule(AbstractContainer):
     """`log p(x) = log p(x_a) + log p(x_b | x_a)`: Glow's multiscale split.
 
     The example is split in two along `axis`; `first` gets `x_a`; `second` gets `x_b`
@@ -415,7 +413,6 @@ class ChainRule(AbstractFlow):
     second: AbstractFlow
     split: int | tuple[int, ...] = eqx.field(static=True)
     axis: int = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "container"
 
     def __init__(
         self,
@@ -468,16 +465,14 @@ class ChainRule(AbstractFlow):
         z = jnp.concatenate([z_a, z_b], axis=ax + 1)
         return with_shapes(out, shape, z.shape[1:]), z
 
-    def can_sample(self) -> bool:
+    def children_can_sample(self) -> bool:
         return self.first.can_sample() and self.second.can_sample()
 
     def sample_and_log_prob(self, key, *, cond=None, temperature=1.0):
         ax = _norm_axis(self.axis, len(self.in_shape), "ChainRule")
         k_a, k_b = jr.split(key)
         with child_scope("first"):
-            x_a, lq_a = self.first.sample_and_log_prob(k_a, cond=cond, temperature=temperature)
+            x_a, lq_a = sample_from(self.first, k_a, cond=cond, temperature=temperature)
         with child_scope("second"):
-            x_b, lq_b = self.second.sample_and_log_prob(
-                k_b, cond=ChainRuleCond(x_a, cond), temperature=temperature
-            )
+            x_b, lq_b = sample_from(self.second, k_b, cond=ChainRuleCond(x_a, cond), temperature=temperature)
         return jnp.concatenate([x_a, x_b], axis=ax), lq_a + lq_b

@@ -8,13 +8,12 @@ beartype when traced.
 """
 
 import abc
-import contextlib
-import contextvars
 import copy
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Literal
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -24,9 +23,8 @@ import numpy as np
 from beartype import beartype
 from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped, jaxtyped
 
-from ._context import set_flag
-
-Kind = Literal["bijective", "injective", "surjective", "stochastic", "prior", "container"]
+from ._context import CAPTURE_PATH, CHECK_FINITE, ONLY_UNINITIALISED, RECORDER, set_flag
+from ._maths import batch_keys, keyed_vmap
 
 
 class NotInitialisedError(RuntimeError):
@@ -94,71 +92,8 @@ class _Record:
     contribution: Any
 
 
-_CHECK_FINITE: contextvars.ContextVar[bool] = contextvars.ContextVar("nux_eqx_check_finite", default=False)
-
-
-@contextlib.contextmanager
-def check_finite(enabled: bool = True) -> Iterator[None]:
-    """Raise, inside `jit` too, when a layer receives or produces NaN or inf.
-
-    Within this context every layer call checks its input, its output and its
-    contribution with `eqx.error_if`, and the error names the first layer where a
-    non-finite value appeared. The setting is read when a function is traced: enter the
-    context around the first call of a jitted step (or around the code that traces it):
-    a step compiled before keeps running without the checks, one traced inside keeps them.
-    It costs a reduction per layer, so it is off by default; turn it on to find the layer
-    behind a NaN loss.
-
-    ```python
-    import jax
-    import jax.numpy as jnp
-    import nux_eqx
-
-    x = jax.random.normal(jax.random.key(0), (16, 2))
-    flow = nux_eqx.init(nux_eqx.Sequential(nux_eqx.ActNorm(), nux_eqx.UnitGaussianPrior()),
-                        x, key=jax.random.key(1))
-    bad = x.at[3, 0].set(jnp.nan)
-    with nux_eqx.check_finite():
-        try:
-            z, log_px = jax.jit(jax.vmap(flow))(bad)
-        except Exception as e:          # an XlaRuntimeError / EquinoxRuntimeError
-            print(str(e).splitlines()[0])   # names the first layer that saw a NaN
-    ```
-    """
-    with set_flag(_CHECK_FINITE, enabled):
-        yield
-
-
 def _finite_or_raise(a: Array, message: str) -> Array:
     return eqx.error_if(a, ~jnp.all(jnp.isfinite(a)), message)
-
-
-_RECORDER: contextvars.ContextVar[list[_Record] | None] = contextvars.ContextVar(
-    "nux_eqx_recorder", default=None
-)
-_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("nux_eqx_path", default="")
-
-
-def capturing() -> bool:
-    """**Returns:** whether a [`nux_eqx.capture`][] is in progress.
-
-    Containers that would hide their children inside a `lax.scan` (such as `Repeat`)
-    run an unrolled loop instead while capturing."""
-    return _RECORDER.get() is not None
-
-
-@contextlib.contextmanager
-def child_scope(name: str) -> Iterator[None]:
-    """Name the child a container is about to call, for [`nux_eqx.capture`][] paths.
-
-    Containers wrap each call to a child in `with child_scope("layers[0]"):`. Outside a
-    capture this only costs a context-variable lookup at trace time."""
-    if _RECORDER.get() is None:
-        yield
-        return
-    parent = _PATH.get()
-    with set_flag(_PATH, f"{parent}.{name}" if parent else name):
-        yield
 
 
 class Captured(eqx.Module):
@@ -219,7 +154,7 @@ def capture(
         assert [r.layer for r in records.values()] == ["ActNorm", "Reverse", "UnitGaussianPrior"]
         ```
     """
-    records = _capture_records(flow, x, reverse, key=key, cond=cond)
+    records = capture_records(flow, x, reverse, key=key, cond=cond)
     z, c, recs = records
     out: dict[str, Captured] = {}
     for r in recs:
@@ -232,9 +167,9 @@ def capture(
     return z, c, out
 
 
-def _capture_records(flow, x, reverse, *, key, cond):
+def capture_records(flow, x, reverse, *, key, cond):
     records: list[_Record] = []
-    with set_flag(_RECORDER, records), set_flag(_PATH, ""):
+    with set_flag(RECORDER, records), set_flag(CAPTURE_PATH, ""):
         z, c = flow(x, reverse, key=key, cond=cond)
     return z, c, records
 
@@ -257,6 +192,67 @@ def _fmt(shape: tuple[int, ...] | None) -> str:
     )
 
 
+_OLD_KINDS = {
+    "bijective": "AbstractBijection",
+    "injective": "AbstractInjective",
+    "surjective": "AbstractSurjective",
+    "stochastic": "AbstractSurjective",
+    "prior": "AbstractPrior",
+    "container": "AbstractContainer",
+}
+_KIND_NAMES = "AbstractBijection, AbstractInjective, AbstractSurjective, AbstractPrior or AbstractContainer"
+
+
+def _check_subclass(cls: type) -> None:
+    """Class-definition checks of the abstract/final pattern, with messages that say what
+    to do instead."""
+    name = cls.__name__
+    if "layer_kind" in cls.__dict__:
+        old = cls.__dict__["layer_kind"]
+        base = _OLD_KINDS.get(old, _KIND_NAMES)
+        raise TypeError(
+            f"{name} declares `layer_kind = {old!r}`, which nux_eqx no longer reads: a layer's kind "
+            f"is its base class. Subclass `nux_eqx.{base}` instead of `nux_eqx.AbstractFlow` and "
+            "delete `layer_kind`."
+        )
+    if "needs_key" in cls.__dict__:
+        raise TypeError(
+            f"{name} declares `needs_key`, which nux_eqx no longer reads: declare "
+            "`forward_needs_key = True` and/or `reverse_needs_key = True` instead."
+        )
+    flow_bases = [b for b in cls.__mro__[1:] if issubclass(b, AbstractFlow)]
+    for attr, value in cls.__dict__.items():
+        if not (inspect.isfunction(value) or isinstance(value, property)):
+            continue
+        if (attr.startswith("__") and attr != "__call__") or attr == "init":
+            continue
+        for base in flow_bases:
+            if attr in base.__dict__:
+                inherited = base.__dict__[attr]
+                # class-level settings (such as `check_tolerance`) may be given by a property
+                overridable = not (inspect.isfunction(inherited) or isinstance(inherited, property))
+                if not overridable and not getattr(inherited, "__isabstractmethod__", False):
+                    raise TypeError(
+                        f"{name} overrides `{base.__name__}.{attr}`, which is final: a layer "
+                        "implements only the abstract methods of its kind (and the `init` hook)."
+                    )
+                break
+    if name.startswith("Abstract"):
+        return
+    for base in flow_bases:
+        if not base.__name__.startswith("Abstract"):
+            raise TypeError(
+                f"{name} subclasses the concrete flow {base.__name__}; concrete nux_eqx flows "
+                f"are final. Hold a {base.__name__} as a field (compose) or subclass an abstract "
+                f"base ({_KIND_NAMES})."
+            )
+    if not issubclass(cls, _KINDS):  # defined below, after the kinds
+        raise TypeError(
+            f"{name} subclasses AbstractFlow without a kind: subclass one of {_KIND_NAMES} "
+            "(which checks `check_flow` applies depends on it)."
+        )
+
+
 class AbstractFlow(eqx.Module):
     """Base class of every flow layer and container.
 
@@ -265,18 +261,26 @@ class AbstractFlow(eqx.Module):
     `log|det dz/dx|` for a bijection (the same value in both directions, as in NuX),
     `log p(z)` for a prior, and the bound terms for stochastic layers.
 
-    Subclasses set the class attribute `layer_kind` and implement `transform` (typed with
-    jaxtyping annotations). Layers whose parameters depend on the data's shape or values
-    override the `init` hook. Do not override `__call__`: it checks the input first.
+    A layer's kind is its base class (Equinox's abstract/final pattern): subclass one of
+    [`nux_eqx.AbstractBijection`][], [`nux_eqx.AbstractInjective`][],
+    [`nux_eqx.AbstractSurjective`][], [`nux_eqx.AbstractPrior`][] (leaf layers, all
+    [`nux_eqx.AbstractLayer`][]s) or [`nux_eqx.AbstractContainer`][], and implement its
+    abstract methods (`transform`, typed with jaxtyping annotations, and the kind's own).
+    Concrete layers are final: they are not subclassed, and they override only abstract
+    methods and the `init` hook of a leaf layer. Do not override `__call__`: it checks the
+    input first.
     """
 
     # Recorded by `nux_eqx.init`: the unbatched input and output shapes.
     _in_shape: tuple[int, ...] | None = eqx.field(static=True, default=None, kw_only=True, repr=False)
     _out_shape: tuple[int, ...] | None = eqx.field(static=True, default=None, kw_only=True, repr=False)
 
-    layer_kind: ClassVar[Kind]
-    needs_key: ClassVar[bool] = False
-    """Whether the layer needs a `key` in the forward direction (dequantisation)."""
+    forward_needs_key: ClassVar[bool] = False
+    """Whether the forward direction (data -> latent) draws random numbers, so that
+    `__call__` refuses to run it without a `key` (dequantisation, padding)."""
+    reverse_needs_key: ClassVar[bool] = False
+    """Whether the reverse direction (latent -> data) draws random numbers, so that
+    `__call__` refuses to run it without a `key` (SurVAE's inference surjections)."""
     needs_cond: ClassVar[bool] = False
     """Whether the layer always needs a `cond`."""
     check_tolerance: ClassVar[float | None] = None
@@ -298,7 +302,11 @@ class AbstractFlow(eqx.Module):
             if f.name not in self.__dict__:
                 object.__setattr__(self, f.name, getattr(self, f.name))
 
-    # ---- what a layer implements --------------------------------------------------
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _check_subclass(cls)
+
+    # ---- what a flow implements ---------------------------------------------------
 
     @abc.abstractmethod
     def transform(
@@ -309,13 +317,14 @@ class AbstractFlow(eqx.Module):
         key: PRNGKeyArray | None,
         cond: PyTree,
     ) -> tuple[Array, Shaped[Array, ""]]:
-        """Run the layer on one example, after the framework's checks.
+        """Run the flow on one example, after the framework's checks.
 
         **Arguments:**
 
         - `x`: one example, of the recorded input shape (output shape when `reverse`).
         - `reverse`: `False` for data -> latent, `True` for latent -> data.
-        - `key`: a PRNG key or `None`.
+        - `key`: a PRNG key or `None` (never `None` in a direction that declares
+          `forward_needs_key` / `reverse_needs_key`).
         - `cond`: the conditioning pytree or `None`.
 
         **Returns:**
@@ -323,24 +332,19 @@ class AbstractFlow(eqx.Module):
         `(z, contribution)`, with `contribution` a scalar.
         """
 
-    def init(self, x_batch: Array, *, key: PRNGKeyArray, cond: PyTree = None) -> "AbstractFlow":
-        """Hook: fill the layer's parameters from a batch (one leading batch axis).
+    @abc.abstractmethod
+    def init_and_push(
+        self, x_batch: Array, *, key: PRNGKeyArray, cond: PyTree = None
+    ) -> tuple["AbstractFlow", Array]:
+        """Initialise this flow on a batch and push the batch through it.
 
-        Shape-only layers read `x_batch.shape[1:]`; data-dependent ones such as
-        `ActNorm` use batch statistics. Build the filled layer with `eqx.tree_at`
-        (`is_leaf=lambda v: v is None` for empty fields). The default does nothing.
+        Leaf layers ([`nux_eqx.AbstractLayer`][]) run their `init` hook, record their
+        shapes and apply themselves to the batch with `jax.vmap`; containers walk their
+        children, so each child sees the batch as it arrives there. Called by
+        [`nux_eqx.init`][].
 
-        **Arguments:**
-
-        - `x_batch`: the data as it arrives at this layer, with one leading batch axis.
-        - `key`: a PRNG key for random initialisation.
-        - `cond`: the batched conditioning, or `None`.
-
-        **Returns:**
-
-        The layer with its parameters filled.
+        **Returns:** `(initialised_flow, output_batch)`.
         """
-        return self
 
     # ---- the framework ------------------------------------------------------------
 
@@ -359,9 +363,14 @@ class AbstractFlow(eqx.Module):
         """Whether `nux_eqx.init` has run on this flow."""
         return self._in_shape is not None and self._out_shape is not None
 
-    def children(self) -> tuple[tuple[str, "AbstractFlow"], ...]:
-        """The `(name, child)` pairs of a container; empty for a leaf layer."""
-        return ()
+    def can_sample(self) -> bool:
+        """Whether this flow can start a sample: a prior can; a container can when the
+        children it samples through can; other layers cannot."""
+        if isinstance(self, AbstractPrior):
+            return True
+        if isinstance(self, AbstractContainer):
+            return self.children_can_sample()
+        return False
 
     def __call__(
         self,
@@ -385,22 +394,19 @@ class AbstractFlow(eqx.Module):
         `(z, contribution)`: the transformed example and this flow's scalar
         contribution to `log p(x)`.
         """
-        x = _check_input(self, x, reverse)
+        x = check_input(self, x, reverse)
         if not isinstance(reverse, bool):
             raise TypeError(
                 f"{type(self).__name__}: `reverse` must be a Python bool, got {type(reverse).__name__}; "
                 "under `jax.jit` mark it static (or use `eqx.filter_jit`)."
             )
         if key is not None:
-            _check_key(type(self).__name__, key)
-        if key is None and type(self).needs_key and not reverse:
-            raise ValueError(
-                f"{type(self).__name__} is stochastic and needs a PRNG key: call it as "
-                "`flow(x, key=jax.random.key(0))` (split one key per example under jax.vmap)."
-            )
+            check_key(type(self).__name__, key)
+        _require_key(self, key, reverse)
         if cond is None and type(self).needs_cond:
             raise ValueError(f"{type(self).__name__} is conditional and needs `cond=`; it got none.")
-        checking = _CHECK_FINITE.get()
+        leaf = not isinstance(self, AbstractContainer)
+        checking = CHECK_FINITE.get()
         if checking:
             x = _finite_or_raise(
                 x,
@@ -408,7 +414,7 @@ class AbstractFlow(eqx.Module):
             )
         z, contribution = _typed_transform(type(self))(self, x, reverse, key=key, cond=cond)
         contribution = jnp.asarray(contribution)
-        if checking and not self.children():
+        if checking and leaf:
             z = _finite_or_raise(
                 z,
                 f"{type(self).__name__} produced NaN or inf from a finite input ({'reverse' if reverse else 'forward'}).",
@@ -422,27 +428,48 @@ class AbstractFlow(eqx.Module):
                 f"{type(self).__name__}.transform must return a scalar contribution, "
                 f"got shape {contribution.shape}."
             )
-        recorder = _RECORDER.get()
-        if recorder is not None and not self.children():
-            recorder.append(_Record(_PATH.get(), self, reverse, x, key, cond, z, contribution))
+        recorder = RECORDER.get()
+        if recorder is not None and leaf:
+            recorder.append(_Record(CAPTURE_PATH.get(), self, reverse, x, key, cond, z, contribution))
         return z, contribution
 
-    # ---- container protocol ------------------------------------------------------
 
-    def init_and_push(
-        self, x_batch: Array, *, key: PRNGKeyArray, cond: PyTree = None
-    ) -> tuple["AbstractFlow", Array]:
-        """Initialise this flow on a batch and push the batch through it.
+# --------------------------------------------------------------------------------------
+# The kinds.
+# --------------------------------------------------------------------------------------
 
-        The default, for leaf layers: run the `init` hook, record the shapes, and
-        apply the filled layer to the batch with `jax.vmap`. Containers override it to
-        walk their children, so each child sees the batch as it arrives there.
 
-        **Returns:** `(initialised_flow, output_batch)`.
+class AbstractLayer(AbstractFlow):
+    """A leaf flow (no children): the common base of the four layer kinds.
+
+    `nux_eqx.init` runs the layer's `init` hook on the batch arriving at it, records its
+    shapes and pushes the batch through it. Subclass one of its kinds, not this class.
+    """
+
+    def init(self, x_batch: Array, *, key: PRNGKeyArray, cond: PyTree = None) -> "AbstractLayer":
+        """Hook: fill the layer's parameters from a batch (one leading batch axis).
+
+        Shape-only layers read `x_batch.shape[1:]`; data-dependent ones such as
+        `ActNorm` use batch statistics. Build the filled layer with `eqx.tree_at`
+        (`is_leaf=lambda v: v is None` for empty fields). The default does nothing; it
+        is the one concrete method a layer may override.
+
+        **Arguments:**
+
+        - `x_batch`: the data as it arrives at this layer, with one leading batch axis.
+        - `key`: a PRNG key for random initialisation.
+        - `cond`: the batched conditioning, or `None`.
+
+        **Returns:**
+
+        The layer with its parameters filled.
         """
+        return self
+
+    def init_and_push(self, x_batch, *, key, cond=None):
         hook_key, push_key = jr.split(key)
         in_shape = tuple(x_batch.shape[1:])
-        if _ONLY_UNINITIALISED.get() and self.is_initialised:
+        if ONLY_UNINITIALISED.get() and self.is_initialised:
             _check_kept_shape(self, in_shape)
             return self, push(self, x_batch, key=push_key, cond=cond)
         filled = self.init(x_batch, key=hook_key, cond=cond)
@@ -454,36 +481,131 @@ class AbstractFlow(eqx.Module):
         filled = with_shapes(filled, in_shape, None)
         z_batch = push(filled, x_batch, key=push_key, cond=cond)
         out_shape = tuple(z_batch.shape[1:])
-        if type(self).layer_kind == "bijective" and np.prod(in_shape) != np.prod(out_shape):
+        if isinstance(self, AbstractBijection) and np.prod(in_shape) != np.prod(out_shape):
             raise ShapeError(
-                f"{type(self).__name__} is declared bijective (layer_kind = 'bijective') but maps an "
+                f"{type(self).__name__} is an AbstractBijection but maps an "
                 f"input of shape {_fmt(in_shape)} ({int(np.prod(in_shape))} elements) to an output of "
                 f"shape {_fmt(out_shape)} ({int(np.prod(out_shape))} elements); a bijection keeps the "
-                "number of elements. Declare a layer that changes the size 'injective' or 'surjective'."
+                "number of elements. Subclass AbstractInjective or AbstractSurjective for a layer that "
+                "changes the size."
             )
         return with_shapes(filled, in_shape, out_shape), z_batch
 
-    def can_sample(self) -> bool:
-        """Whether this flow can start a sample: priors can; a container can when the
-        children it samples through can."""
-        return type(self).layer_kind == "prior"
 
+class AbstractBijection(AbstractLayer):
+    """A bijective layer: `x -> z` is invertible and differentiable, and the contribution
+    is `log|det dz/dx|`, the same value in both directions.
+
+    `check_flow` checks `reverse(forward(x)) == x`, equal contributions both ways and the
+    contribution against the brute-force `log|det J|` of `jax.jacobian` (float64)."""
+
+
+class AbstractInjective(AbstractLayer):
+    """An injective layer: a deterministic map between spaces of different dimension
+    (without a key, for the noisy injective flows), with the contribution
+    `±0.5 log det(JᵀJ)` of the tall Jacobian `J` of the map from the lower- to the
+    higher-dimensional side.
+
+    `check_flow` checks that low -> high -> low round-trips and the contribution against
+    the brute-force Jacobian term (float64)."""
+
+
+class AbstractSurjective(AbstractLayer):
+    """A stochastic layer: one direction draws random numbers and the contribution is a
+    bound term (dequantisation, augmentation) or the exact `log p(x | z)` of a SurVAE
+    inference surjection.
+
+    Declare the direction that needs a key with `forward_needs_key = True` (dequantisation,
+    padding: the forward pass draws the noise) or `reverse_needs_key = True` (inference
+    surjections: reverse samples what forward discarded); `__call__` raises a clear error
+    when it is missing. `check_flow` runs the layer with keys and checks that the outputs
+    and contributions are finite and the same key gives the same result."""
+
+
+class AbstractPrior(AbstractLayer):
+    """A prior: the latent end of a flow. Its contribution is the normalised log-density
+    `log p(z)`; it can draw samples.
+
+    `check_flow` checks a finite log-density, samples of the right shape whose `log_q`
+    equals the forward density, and (up to 2 dimensions) a Monte-Carlo integral of 1."""
+
+    @abc.abstractmethod
     def sample_and_log_prob(
         self, key: PRNGKeyArray, *, cond: PyTree = None, temperature: float = 1.0
     ) -> tuple[Array, Array]:
-        """Draw one example from the flow's prior(s) and run the flow in reverse.
+        """Draw one example and return it with its log-density.
 
-        Priors implement this; containers recurse. See [`nux_eqx.sample`][].
+        **Arguments:**
+
+        - `key`: a PRNG key.
+        - `cond`: conditioning, or `None`.
+        - `temperature`: scales the noise (`z = temperature * eps` for Gaussians); the
+          log-density is the untempered one.
+
+        **Returns:** `(x, log_p(x))`.
         """
-        raise TypeError(
-            f"{type(self).__name__} cannot start a sample: a flow samples from the prior at "
-            "its latent end. End it with a prior such as `UnitGaussianPrior()`."
+
+
+class AbstractContainer(AbstractFlow):
+    """A flow made of other flows (`Sequential`, `Invert`, `Factored`, `ChainRule`,
+    `Repeat`, `ImportanceWeighted`).
+
+    `check_flow` checks each leaf layer inside by its own kind, and the whole flow for
+    batching, jit and gradients. A container implements `children`, `init_and_push`,
+    `children_can_sample` and `sample_and_log_prob` besides `transform`.
+    """
+
+    @abc.abstractmethod
+    def children(self) -> tuple[tuple[str, AbstractFlow], ...]:
+        """The `(name, child)` pairs, in call order (names as in [`nux_eqx.capture`][])."""
+
+    @abc.abstractmethod
+    def children_can_sample(self) -> bool:
+        """Whether the children this container samples through can start a sample."""
+
+    @abc.abstractmethod
+    def sample_and_log_prob(
+        self, key: PRNGKeyArray, *, cond: PyTree = None, temperature: float = 1.0
+    ) -> tuple[Array, Array]:
+        """Draw one example from the children's prior(s), run the rest in reverse, and
+        return it with its log-density. See [`nux_eqx.sample`][]."""
+
+
+_KINDS = (AbstractBijection, AbstractInjective, AbstractSurjective, AbstractPrior, AbstractContainer)
+
+
+def cannot_sample(flow: AbstractFlow) -> TypeError:
+    """The error for a flow that was asked to start a sample but has no prior."""
+    return TypeError(
+        f"{type(flow).__name__} cannot start a sample: a flow samples from the prior at "
+        "its latent end. End it with a prior such as `UnitGaussianPrior()`."
+    )
+
+
+def sample_from(
+    flow: AbstractFlow, key: PRNGKeyArray, *, cond: PyTree = None, temperature: float = 1.0
+) -> tuple[Array, Array]:
+    """`flow.sample_and_log_prob(...)` for a flow that can sample; a clear error otherwise."""
+    if not flow.can_sample():
+        raise cannot_sample(flow)
+    return flow.sample_and_log_prob(key, cond=cond, temperature=temperature)
+
+
+def _require_key(flow: AbstractFlow, key: Any, reverse: bool) -> None:
+    if key is not None:
+        return
+    name = type(flow).__name__
+    if reverse and type(flow).reverse_needs_key:
+        raise ValueError(
+            f"{name} samples the values its forward pass discarded when run in reverse, so the "
+            "reverse direction needs a PRNG key: call it as `flow(z, True, key=jax.random.key(0))`, "
+            "or use `nux_eqx.sample(flow, key)`."
         )
-
-
-_ONLY_UNINITIALISED: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "nux_eqx_only_uninitialised", default=False
-)
+    if not reverse and type(flow).forward_needs_key:
+        raise ValueError(
+            f"{name} is stochastic and needs a PRNG key: call it as "
+            "`flow(x, key=jax.random.key(0))` (split one key per example under jax.vmap)."
+        )
 
 
 def _check_kept_shape(flow: AbstractFlow, in_shape: tuple[int, ...]) -> None:
@@ -496,7 +618,7 @@ def _check_kept_shape(flow: AbstractFlow, in_shape: tuple[int, ...]) -> None:
         )
 
 
-def _check_key(owner: str, key: Any, *, batch_hint: bool = True) -> None:
+def check_key(owner: str, key: Any, *, batch_hint: bool = True) -> None:
     """The framework's own message for a `key` that is not one PRNG key (a typed key
     such as `jax.random.key(0)`, or a raw `uint32[2]` key from `jax.random.PRNGKey`)."""
     if isinstance(key, jax.Array):  # tracers included
@@ -518,10 +640,22 @@ def _check_key(owner: str, key: Any, *, batch_hint: bool = True) -> None:
 def with_shapes(
     flow: AbstractFlow, in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...] | None
 ) -> AbstractFlow:
-    """Return a copy of `flow` with its recorded (static) shapes replaced.
+    """Return a copy of `flow` with its recorded (static) unbatched shapes replaced.
 
     The one mechanism for recorded metadata: `eqx.tree_at` replaces pytree nodes only,
-    so static fields are set on a shallow copy."""
+    so static fields are set on a shallow copy. A custom container calls it at the end of
+    its `init_and_push` (see the custom-layer tutorial); leaf layers never need it.
+
+    **Arguments:**
+
+    - `flow`: any flow.
+    - `in_shape`, `out_shape`: the shapes of one example on the data and the latent side
+      (or `None`: not known yet).
+
+    **Returns:**
+
+    A new flow with the same parameters and the given shapes.
+    """
     new = copy.copy(flow)
     object.__setattr__(new, "_in_shape", None if in_shape is None else tuple(int(s) for s in in_shape))
     object.__setattr__(new, "_out_shape", None if out_shape is None else tuple(int(s) for s in out_shape))
@@ -537,18 +671,14 @@ def push(
     reverse: bool = False,
 ) -> Array:
     """Apply a flow to a batch with `jax.vmap` (one key per example) and return the outputs."""
-    n = x_batch.shape[0]
-    keys = None if key is None else jr.split(key, n)
-    cond_axis = None if cond is None else 0
-    key_axis = None if keys is None else 0
 
     def one(x, k, c):
         return flow(x, reverse, key=k, cond=c)[0]
 
-    return jax.vmap(one, in_axes=(0, key_axis, cond_axis))(x_batch, keys, cond)
+    return keyed_vmap(one, x_batch, batch_keys(key, x_batch.shape[0]), cond)
 
 
-def _check_input(flow: AbstractFlow, x: Any, reverse: bool) -> Array:
+def check_input(flow: AbstractFlow, x: Any, reverse: bool) -> Array:
     name = type(flow).__name__
     expected = flow._out_shape if reverse else flow._in_shape
     if expected is None:
@@ -590,7 +720,7 @@ def _check_input(flow: AbstractFlow, x: Any, reverse: bool) -> Array:
     return x
 
 
-def _check_examples(caller: str, name: str, x: Any) -> None:
+def check_examples(caller: str, name: str, x: Any) -> None:
     """Refuse a concrete batch that holds no examples or a NaN / inf, naming the first bad
     example, where in it and the value. Traced values (under `jit`, `eval_shape`) are
     unknown and pass unchecked. Shared by `init` and `fit`."""
@@ -618,10 +748,10 @@ def _check_examples(caller: str, name: str, x: Any) -> None:
     )
 
 
-def _check_cond_examples(caller: str, name: str, cond: PyTree) -> None:
-    """`_check_examples` on every leaf of a batched `cond`, naming the leaf by its path."""
+def check_cond_examples(caller: str, name: str, cond: PyTree) -> None:
+    """`check_examples` on every leaf of a batched `cond`, naming the leaf by its path."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(cond):
-        _check_examples(caller, f"{name}{jax.tree_util.keystr(path)}", leaf)
+        check_examples(caller, f"{name}{jax.tree_util.keystr(path)}", leaf)
 
 
 # --------------------------------------------------------------------------------------
@@ -692,7 +822,7 @@ def init(
     """
     if not isinstance(flow, AbstractFlow):
         raise TypeError(f"nux_eqx.init expects a flow (an AbstractFlow), got {type(flow).__name__}.")
-    _check_key("nux_eqx.init", key, batch_hint=False)
+    check_key("nux_eqx.init", key, batch_hint=False)
     if not isinstance(x_batch, jax.Array):
         kind = getattr(getattr(x_batch, "dtype", None), "kind", None)
         if kind is None:
@@ -712,7 +842,7 @@ def init(
         x_batch = x_batch.astype(jnp.result_type(float))
     if not jnp.issubdtype(x_batch.dtype, jnp.floating):
         raise TypeError(f"nux_eqx.init expects real floating data, got dtype {x_batch.dtype}.")
-    _check_examples("nux_eqx.init", "x_batch", x_batch)
+    check_examples("nux_eqx.init", "x_batch", x_batch)
     if cond is not None:
         n = x_batch.shape[0]
         for leaf in jax.tree.leaves(cond):
@@ -721,8 +851,8 @@ def init(
                     f"nux_eqx.init: every leaf of `cond` needs the same leading batch axis as x "
                     f"({n}); got a leaf of shape {jnp.shape(leaf)}."
                 )
-        _check_cond_examples("nux_eqx.init", "cond", cond)
-    with set_flag(_ONLY_UNINITIALISED, bool(only_uninitialised)):
+        check_cond_examples("nux_eqx.init", "cond", cond)
+    with set_flag(ONLY_UNINITIALISED, bool(only_uninitialised)):
         new, _ = flow.init_and_push(x_batch, key=key, cond=cond)
     return new
 
@@ -797,10 +927,10 @@ def sample(
         ```
     """
     if not flow.is_initialised:
-        _check_input(flow, jnp.zeros(()), False)
-    _check_key("nux_eqx.sample", key)
+        check_input(flow, jnp.zeros(()), False)
+    check_key("nux_eqx.sample", key)
     temperature = _check_temperature(temperature)
-    return flow.sample_and_log_prob(key, cond=cond, temperature=temperature)
+    return sample_from(flow, key, cond=cond, temperature=temperature)
 
 
 def _check_temperature(temperature: Any) -> Any:

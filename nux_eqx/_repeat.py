@@ -1,7 +1,6 @@
 """`Repeat`: a scan-over-layers container for deep stacks of identical blocks."""
 
 import contextlib
-from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -9,8 +8,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped
 
-from ._flow import _ONLY_UNINITIALISED, AbstractFlow, ShapeError, capturing, child_scope, with_shapes
-from .nn._nets import loop_body
+from ._context import ONLY_UNINITIALISED, capturing, child_scope, loop_body
+from ._flow import AbstractContainer, AbstractFlow, ShapeError, cannot_sample, with_shapes
+from ._maths import batch_keys
 
 
 def _first_difference(a: str, b: str, width: int = 60) -> str:
@@ -52,7 +52,7 @@ def _stack(blocks: list[AbstractFlow]) -> AbstractFlow:
     return eqx.combine(stacked, static0)
 
 
-class Repeat(AbstractFlow):
+class Repeat(AbstractContainer):
     """`n` copies of one block, run with `jax.lax.scan` over their stacked parameters.
 
     The scan-over-layers form of `Sequential(*[block] * n)`: a deep stack of identical
@@ -104,7 +104,6 @@ class Repeat(AbstractFlow):
     block: AbstractFlow
     n: int = eqx.field(static=True)
     unroll: int | bool = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "container"
 
     def __init__(self, block: AbstractFlow, n: int, *, unroll: int | bool = 1):
         if not isinstance(block, AbstractFlow):
@@ -176,12 +175,12 @@ class Repeat(AbstractFlow):
     def transform(
         self, x: Shaped[Array, "..."], reverse: bool, *, key: PRNGKeyArray | None, cond: PyTree
     ) -> tuple[Shaped[Array, "..."], Shaped[Array, ""]]:
-        keys = None if key is None else jr.split(key, self.n)
+        keys = batch_keys(key, self.n)
         return self._run(x, reverse, keys, cond, self.n)
 
     def init_and_push(self, x_batch, *, key, cond=None):
         template = self._block(0) if self.is_initialised else self.block
-        kept = self.is_initialised and _ONLY_UNINITIALISED.get()  # init(..., only_uninitialised=True)
+        kept = self.is_initialised and ONLY_UNINITIALISED.get()  # init(..., only_uninitialised=True)
         keys = jr.split(key, self.n)
         z, blocks = x_batch, []
         for i, k in enumerate(keys):
@@ -197,13 +196,13 @@ class Repeat(AbstractFlow):
         out = eqx.tree_at(lambda s: s.block, self, _stack(blocks))
         return with_shapes(out, x_batch.shape[1:], z.shape[1:]), z
 
-    def can_sample(self) -> bool:
+    def children_can_sample(self) -> bool:
         return self.block.can_sample()
 
     def sample_and_log_prob(self, key, *, cond=None, temperature=1.0):
         # As `Sequential`: the last block samples; the others run in reverse.
         if not self.can_sample():
-            return super().sample_and_log_prob(key, cond=cond, temperature=temperature)
+            raise cannot_sample(self)
         last = self.n - 1
         k_p, k_rest = jr.split(key)
         with child_scope(f"blocks[{last}]"):

@@ -12,7 +12,17 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from ._flow import AbstractFlow, _capture_records, init, trainable
+from ._flow import (
+    AbstractBijection,
+    AbstractFlow,
+    AbstractInjective,
+    AbstractPrior,
+    AbstractSurjective,
+    capture_records,
+    init,
+    trainable,
+)
+from ._maths import LOG_2PI, keyed_vmap
 
 __all__ = ["check_flow", "scramble"]
 
@@ -193,14 +203,8 @@ def _rounding_effect_jit(flow, xs, keys, cond, reverse, key, rel, n_dir):
     return jnp.max(r_out, 0), jnp.max(r_c, 0)
 
 
-def _keys(key, n):
-    return jr.split(key, n)
-
-
 def _vmapped_call(flow, xs, keys, cond, reverse=False):
-    cax = None if cond is None else 0
-    kax = None if keys is None else 0
-    return jax.vmap(lambda x, k, c: flow(x, reverse, key=k, cond=c), in_axes=(0, kax, cax))(xs, keys, cond)
+    return keyed_vmap(lambda x, k, c: flow(x, reverse, key=k, cond=c), xs, keys, cond)
 
 
 _jit_call = eqx.filter_jit(_vmapped_call)
@@ -213,16 +217,13 @@ def _batched_call(flow, xs, keys, cond, reverse=False):
 
 def _record_values(flow, x, k, c):
     return [
-        (r.x, r.key, r.cond, r.z, r.contribution) for r in _capture_records(flow, x, False, key=k, cond=c)[2]
+        (r.x, r.key, r.cond, r.z, r.contribution) for r in capture_records(flow, x, False, key=k, cond=c)[2]
     ]
 
 
 @eqx.filter_jit
 def _batched_records(flow, x_batch, keys, cond_batch):
-    cax = None if cond_batch is None else 0
-    return jax.vmap(lambda x, k, c: _record_values(flow, x, k, c), in_axes=(0, 0, cax))(
-        x_batch, keys, cond_batch
-    )
+    return keyed_vmap(lambda x, k, c: _record_values(flow, x, k, c), x_batch, keys, cond_batch)
 
 
 def _leaf_records(flow, x_batch, keys, cond_batch):
@@ -230,7 +231,7 @@ def _leaf_records(flow, x_batch, keys, cond_batch):
     meta = []
 
     def layers_only(x, k, c):
-        recs = _capture_records(flow, x, False, key=k, cond=c)[2]
+        recs = capture_records(flow, x, False, key=k, cond=c)[2]
         meta.extend((r.path, r.layer, r.reverse) for r in recs)
         return 0
 
@@ -368,7 +369,7 @@ def _check_prior(ck, where, layer, xd, keys, cond, n_mc):
         sd = 3.0 * jnp.std(xs0.reshape(512, -1), 0) + 1e-3
         eps = jr.normal(keys[-1], (n_mc, d), xs0.dtype)
         u = mu + sd * eps
-        log_q = jnp.sum(-0.5 * eps**2 - jnp.log(sd) - 0.5 * math.log(2 * math.pi), -1)
+        log_q = jnp.sum(-0.5 * eps**2 - jnp.log(sd) - 0.5 * LOG_2PI, -1)
         lp = _densities(layer, u, c0)
         total = float(jnp.mean(jnp.exp(lp - log_q)))
         if not abs(total - 1.0) < 0.05:
@@ -393,8 +394,7 @@ def _check_stochastic(ck, where, layer, xd, keys, cond):
 
 @eqx.filter_jit
 def _nested(flow, xs, ks, cs):
-    cax = None if cs is None else 0
-    return jax.vmap(lambda a, b, c: _vmapped_call(flow, a, b, c), in_axes=(0, 0, cax))(xs, ks, cs)
+    return keyed_vmap(lambda a, b, c: _vmapped_call(flow, a, b, c), xs, ks, cs)
 
 
 def _check_consistency(ck, flow, x_batch, keys, cond_batch, label):
@@ -484,17 +484,17 @@ def check_flow(
     """Check a flow the way every nux_eqx layer is checked (NuX's `flow_test`).
 
     The flow (initialised on `x_batch` first if it is not) is run on the batch; every leaf
-    layer's input is captured and the layer is checked by its `layer_kind`:
+    layer's input is captured and the layer is checked by its kind (its base class):
 
-    - `bijective`: `reverse(forward(x)) == x`, the same contribution both ways, and the
+    - [`nux_eqx.AbstractBijection`][]: `reverse(forward(x)) == x`, the same contribution both ways, and the
       contribution equals the brute-force `log|det J|` of `jax.jacobian` in float64;
-    - `injective` (deterministic, dimension-changing): with `J` the tall Jacobian of the
+    - [`nux_eqx.AbstractInjective`][] (deterministic, dimension-changing): with `J` the tall Jacobian of the
       map from the lower- to the higher-dimensional side, the contribution is
       `+0.5 slogdet(JᵀJ)` when forward goes up in dimension and `-0.5 slogdet(JᵀJ)` when it
       goes down; low -> high -> low round-trips;
-    - `prior`: finite log-density, samples of the right shape whose `log_q` equals the
+    - [`nux_eqx.AbstractPrior`][]: finite log-density, samples of the right shape whose `log_q` equals the
       forward density, and (for at most 2 dimensions) a Monte-Carlo integral of 1;
-    - `surjective` / `stochastic`: finite outputs and contributions with a key, the same
+    - [`nux_eqx.AbstractSurjective`][]: finite outputs and contributions with a key, the same
       result for the same key.
 
     For the whole flow: the same results unbatched, through `jax.vmap`, doubly nested
@@ -555,7 +555,7 @@ def check_flow(
     if not flow.is_initialised:
         flow = eqx.filter_jit(init)(flow, x_batch, key=k_init, cond=cond_batch)
     ck = _Checker(tol, x_batch.dtype, _declared_tolerance(flow))
-    keys = _keys(k_run, x_batch.shape[0])
+    keys = jr.split(k_run, x_batch.shape[0])
     versions = [("at init", flow)]
     if scramble_params:
         versions.append(("scrambled parameters", scramble(flow, k_scr)))
@@ -565,20 +565,17 @@ def check_flow(
             where = f"{path or type(layer).__name__} ({type(layer).__name__}, {label})"
             xd = z_out if rev else x_in  # the layer's data-side batch
             lck = ck.for_layer(layer)
-            kind = getattr(type(layer), "layer_kind", None)
-            if kind == "bijective":
-                _check_bijective(lck, where, layer, xd, k_in if k_in is not None else keys, c_in, n_jacobian)
-            elif kind == "injective":
-                _check_injective(lck, where, layer, xd, k_in if k_in is not None else keys, c_in, n_jacobian)
-            elif kind == "prior":
+            k_layer = k_in if k_in is not None else keys
+            if isinstance(layer, AbstractBijection):
+                _check_bijective(lck, where, layer, xd, k_layer, c_in, n_jacobian)
+            elif isinstance(layer, AbstractInjective):
+                _check_injective(lck, where, layer, xd, k_layer, c_in, n_jacobian)
+            elif isinstance(layer, AbstractPrior):
                 _check_prior(lck, where, layer, xd, keys, c_in, n_monte_carlo)
-            elif kind in ("surjective", "stochastic"):
+            elif isinstance(layer, AbstractSurjective):
                 _check_stochastic(lck, where, layer, xd, keys, c_in)
-            else:
-                raise AssertionError(
-                    f"check_flow: {where} declares layer_kind={kind!r}; expected one of "
-                    "'bijective', 'injective', 'surjective', 'stochastic', 'prior'."
-                )
+            else:  # unreachable: AbstractFlow refuses a concrete leaf without a kind
+                raise AssertionError(f"check_flow: {where} is a {type(layer).__name__} of no known kind.")
         if label != "at init" or not scramble_params:
             _check_gradients(f, x_batch, keys, cond_batch, label)
     return flow

@@ -143,17 +143,15 @@ def test_errors(monkeypatch):
         nux.ContinuousFlow()
 
 
-class _Sloppy(nux.AbstractFlow):
+class _Sloppy(nux.AbstractBijection):
     """An identity whose inverse is off by 1e-4, like a solve with a loose tolerance."""
 
-    layer_kind: ClassVar[str] = "bijective"
 
     def transform(self, x, reverse, *, key, cond):
         return (x + 1e-4 if reverse else x), jnp.zeros((), x.dtype)
 
 
-class _DeclaredSloppy(nux.AbstractFlow):
-    layer_kind: ClassVar[str] = "bijective"
+class _DeclaredSloppy(nux.AbstractBijection):
     check_tolerance: ClassVar[float] = 1e-3
 
     def transform(self, x, reverse, *, key, cond):

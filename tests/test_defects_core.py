@@ -15,7 +15,7 @@ CASES = all_cases()
 
 def _needs_key(flow) -> bool:
     stochastic = jax.tree.leaves(
-        flow, is_leaf=lambda m: isinstance(m, nux.AbstractFlow) and type(m).needs_key
+        flow, is_leaf=lambda m: isinstance(m, nux.AbstractFlow) and type(m).forward_needs_key
     )
     return any(isinstance(m, nux.AbstractFlow) for m in stochastic)
 
@@ -55,10 +55,9 @@ def test_equinox_transforms_take_the_flow(name):
     assert jax.tree.structure(grads) == jax.tree.structure(eqx.filter(flow, eqx.is_inexact_array))
 
 
-class _Double(nux.AbstractFlow):
+class _Double(nux.AbstractBijection):
     """A user layer with its own `__init__` that leaves the recorded shapes at their defaults."""
 
-    layer_kind = "bijective"
     factor: float
 
     def __init__(self, factor: float = 2.0):
@@ -121,10 +120,9 @@ def test_fit_shares_the_data_check():
 # ---- 3. a layer declared bijective must keep the number of elements ------------------------
 
 
-class _Doubling(nux.AbstractFlow):
+class _Doubling(nux.AbstractBijection):
     """Declared bijective, but its output has twice as many elements as its input."""
 
-    layer_kind = "bijective"
 
     def transform(self, x: Array, reverse: bool, *, key, cond):
         if reverse:
@@ -132,8 +130,7 @@ class _Doubling(nux.AbstractFlow):
         return jnp.concatenate([x, x]), jnp.zeros(())
 
 
-class _Dropping(nux.AbstractFlow):
-    layer_kind = "bijective"
+class _Dropping(nux.AbstractBijection):
 
     def transform(self, x: Array, reverse: bool, *, key, cond):
         return x[..., :-1], jnp.zeros(())

@@ -25,14 +25,20 @@ START, END = "<!-- layer-table:start -->", "<!-- layer-table:end -->"
 MODULES = ["bijective", "injective", "surjective", "priors"]
 
 
+_KINDS = {
+    nux.AbstractBijection: "bijective",
+    nux.AbstractInjective: "injective",
+    nux.AbstractSurjective: "surjective",
+    nux.AbstractPrior: "prior",
+    nux.AbstractContainer: "container",
+}
+
+
 def _kind(cls) -> str:
-    kind = getattr(cls, "layer_kind", None)
-    if isinstance(kind, str):
-        return kind
-    for base in cls.__mro__[1:]:  # abstract bases (AbstractBijection, ...)
-        name = base.__name__
-        if name.startswith("Abstract") and name != "AbstractFlow":
-            return name.removeprefix("Abstract").lower()
+    """The kind is the abstract base class."""
+    for base, name in _KINDS.items():
+        if isinstance(cls, type) and issubclass(cls, base):
+            return name
     return "?"
 
 
@@ -104,7 +110,7 @@ def table() -> str:
         io = f"{_fmt(io[0])} -> {_fmt(io[1])}" if io and io[0] is not None else ""
         rows.append(
             f"| {label} | {_kind(cls)} | {io} | "
-            f"{'yes' if getattr(cls, 'needs_key', False) else ''} | "
+            f"{'yes' if getattr(cls, 'forward_needs_key', False) else ''} | "
             f"{'yes' if getattr(cls, 'needs_cond', False) else ''} | {_network(cls)} |"
         )
     return "\n".join(rows)

@@ -6,7 +6,6 @@ from the dataclass fields), so every registered layer must round-trip.
 """
 
 import json
-from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -89,11 +88,10 @@ def test_old_checkpoint_needs_a_skeleton(tmp_path):
         nux.load(path)
 
 
-class _MyShift(nux.AbstractFlow):
+class _MyShift(nux.AbstractBijection):
     """A custom layer outside the library: stored, but not imported by `load(path)`."""
 
     b: jax.Array = eqx.field(default_factory=lambda: jnp.zeros(()))
-    layer_kind: ClassVar[str] = "bijective"
 
     def transform(
         self, x: Float[Array, " d"], reverse: bool, *, key, cond

@@ -1,7 +1,6 @@
 """`Repeat(block, n)`: the scan-over-layers container."""
 
 import copy
-from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -191,11 +190,10 @@ def test_reinit_of_an_initialised_repeat():
     assert again.block.layers[0].b.shape == (2, 5)
 
 
-class _RandomStatic(nux.AbstractFlow):
+class _RandomStatic(nux.AbstractBijection):
     """A test layer whose init sets a static field from a random draw."""
 
     tag: int | None = eqx.field(static=True, default=None)
-    layer_kind: ClassVar[str] = "bijective"
 
     def init(self, x_batch, *, key, cond=None):
         new = copy.copy(self)

@@ -14,7 +14,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._flow import AbstractFlow, ShapeError
+from .._flow import AbstractBijection, ShapeError
 from .._types import Cond, Key, Scalar, Vector
 from ..nn import cast_floating, cond_features
 from ._spline import check_spline_config, n_spline_params, rational_quadratic_spline
@@ -320,7 +320,7 @@ def _autoregressive(made, transformer, x, reverse, feats):
     return out, jnp.sum(log_det)
 
 
-class MAF(AbstractFlow):
+class MAF(AbstractBijection):
     """Masked autoregressive flow (Papamakarios et al. 2017; NuX's `MAF`), on vectors.
 
     A [`nux_eqx.bijective.MADE`][] gives, for each feature `i`, a shift `mu_i` and a raw
@@ -359,7 +359,6 @@ class MAF(AbstractFlow):
     ordering: str | tuple[int, ...] = eqx.field(static=True)
     seed: int = eqx.field(static=True)
     activation: Callable = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(
         self,
@@ -382,7 +381,7 @@ class MAF(AbstractFlow):
         return _autoregressive(self.made, _affine, x, reverse, None)
 
 
-class ConditionalMAF(AbstractFlow):
+class ConditionalMAF(AbstractBijection):
     """A [`nux_eqx.MAF`][] whose MADE also reads a conditioning `cond`.
 
     The same map as `MAF`, with shifts and log-scales that are functions of the earlier
@@ -410,7 +409,6 @@ class ConditionalMAF(AbstractFlow):
     seed: int = eqx.field(static=True)
     activation: Callable = eqx.field(static=True)
     cond_shape: tuple[tuple[int, ...], ...] | None = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
     needs_cond: ClassVar[bool] = True
 
     def __init__(
@@ -436,7 +434,7 @@ class ConditionalMAF(AbstractFlow):
         return _autoregressive(self.made, _affine, x, reverse, feats)
 
 
-class MaskedAutoregressiveSpline(AbstractFlow):
+class MaskedAutoregressiveSpline(AbstractBijection):
     """Autoregressive rational-quadratic spline flow (RQ-NSF (AR), Durkan et al. 2019), on
     vectors.
 
@@ -478,7 +476,6 @@ class MaskedAutoregressiveSpline(AbstractFlow):
     min_bin_width: float = eqx.field(static=True)
     min_bin_height: float = eqx.field(static=True)
     min_derivative: float = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(
         self,
@@ -511,7 +508,7 @@ class MaskedAutoregressiveSpline(AbstractFlow):
         return _autoregressive(self.made, functools.partial(_spline, self), x, reverse, None)
 
 
-class ConditionalMaskedAutoregressiveSpline(AbstractFlow):
+class ConditionalMaskedAutoregressiveSpline(AbstractBijection):
     """A [`nux_eqx.MaskedAutoregressiveSpline`][] whose MADE also reads a conditioning `cond`.
 
     The conditioning features (`nux_eqx.nn.cond_features(cond, x.shape)`) connect to every
@@ -549,7 +546,6 @@ class ConditionalMaskedAutoregressiveSpline(AbstractFlow):
     min_bin_height: float = eqx.field(static=True)
     min_derivative: float = eqx.field(static=True)
     cond_shape: tuple[tuple[int, ...], ...] | None = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
     needs_cond: ClassVar[bool] = True
 
     def __init__(

@@ -6,7 +6,7 @@ when a `ContinuousFlow` is built, never when nux_eqx is imported.
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -146,7 +146,6 @@ class ContinuousFlow(AbstractEstimableFlow):
     noise: str = eqx.field(static=True)
     _factory: Callable | None = eqx.field(static=True, repr=False)
 
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(
         self,

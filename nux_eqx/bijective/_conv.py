@@ -1,17 +1,17 @@
 """`OneByOneConv`: Glow's invertible 1x1 convolution (a dense channel matrix)."""
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Float
 
-from .._flow import AbstractFlow, ShapeError
+from .._flow import AbstractBijection, ShapeError
+from .._maths import initial_matrix
 from .._types import Cond, Image, Key, Scalar
 
 
-class OneByOneConv(AbstractFlow):
+class OneByOneConv(AbstractBijection):
     """Glow's invertible 1x1 convolution: `z[i, j] = W x[i, j]` with a learned `c x c` `W`.
 
     The contribution is `h * w * log|det W|`; reverse applies `W^-1`. NuX started `W` at
@@ -32,7 +32,6 @@ class OneByOneConv(AbstractFlow):
     W: Float[Array, "c c"] | None = None
     w_init: Literal["identity", "rotation"] = eqx.field(static=True, default="rotation")
     weight_norm: bool = eqx.field(static=True, default=False)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, init: Literal["identity", "rotation"] = "rotation", *, weight_norm: bool = False):
         if init not in ("identity", "rotation"):
@@ -56,11 +55,7 @@ class OneByOneConv(AbstractFlow):
                 f"OneByOneConv takes (h, w, c) images, got examples of shape {x_batch.shape[1:]}."
             )
         c = x_batch.shape[-1]
-        if self.w_init == "identity":
-            W = jnp.eye(c, dtype=x_batch.dtype)
-        else:
-            q, r = jnp.linalg.qr(jr.normal(key, (c, c), x_batch.dtype))
-            W = q * jnp.sign(jnp.diag(r))
+        W = initial_matrix(self.w_init, key, c, x_batch.dtype)
         return eqx.tree_at(lambda s: s.W, self, W, is_leaf=lambda v: v is None)
 
     def transform(self, x: Image, reverse: bool, *, key: Key, cond: Cond) -> tuple[Image, Scalar]:

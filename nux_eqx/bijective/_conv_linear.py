@@ -1,7 +1,7 @@
 """Linear bijections on images: `OneByOneConvLDU`, `OneByOneConvLU`, `LocalDense` and the
 FFT-based `CircularConv` (NuX's `affine.py` and `conv.py`)."""
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -10,9 +10,10 @@ import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._flow import AbstractFlow, NonTrainable, ShapeError
+from .._flow import AbstractBijection, NonTrainable, ShapeError
+from .._maths import depth_to_space, initial_matrix, random_orthogonal, space_to_depth
 from .._types import Cond, Image, Key, Scalar
-from ._linear import _ldu_apply, _n_off_diagonal, _random_rotation, _unit_lower, _unit_upper
+from ._linear import ldu_apply, ldu_init, unit_lower, unit_upper
 
 
 def _check_images(name: str, x_batch: Array) -> tuple[int, int, int]:
@@ -38,7 +39,7 @@ def _pair(name: str, arg: str, value) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-class OneByOneConvLDU(AbstractFlow):
+class OneByOneConvLDU(AbstractBijection):
     """A 1x1 convolution in LDU form: [`nux_eqx.AffineLDU`][] on the channels of every pixel.
 
     `z[i, j] = L diag(exp(log_d)) U x[i, j]` with unit-lower `L` and unit-upper `U` built
@@ -50,27 +51,20 @@ class OneByOneConvLDU(AbstractFlow):
     L: Float[Array, " n_off"] | None = None
     log_d: Float[Array, " c"] | None = None
     U: Float[Array, " n_off"] | None = None
-    layer_kind: ClassVar[str] = "bijective"
-
-    def __init__(self):
-        self.L = self.log_d = self.U = None
 
     def init(self, x_batch, *, key, cond=None):
         _, _, c = _check_images("OneByOneConvLDU", x_batch)
-        kl, ku = jr.split(key)
-        m = _n_off_diagonal(c)
-        L = 0.01 * jr.normal(kl, (m,), x_batch.dtype)
-        U = 0.01 * jr.normal(ku, (m,), x_batch.dtype)
-        log_d = jnp.zeros((c,), x_batch.dtype)
-        return eqx.tree_at(lambda s: (s.L, s.log_d, s.U), self, (L, log_d, U), is_leaf=lambda v: v is None)
+        return eqx.tree_at(
+            lambda s: (s.L, s.log_d, s.U), self, ldu_init(key, c, x_batch.dtype), is_leaf=lambda v: v is None
+        )
 
     def transform(self, x: Image, reverse: bool, *, key: Key, cond: Cond) -> tuple[Image, Scalar]:
         h, w, c = x.shape
-        Z = _ldu_apply(self.L, self.log_d, self.U, x.reshape(h * w, c).T, reverse)
+        Z = ldu_apply(self.L, self.log_d, self.U, x.reshape(h * w, c).T, reverse)
         return Z.T.reshape(h, w, c), jnp.sum(self.log_d) * (h * w)
 
 
-class OneByOneConvLU(AbstractFlow):
+class OneByOneConvLU(AbstractBijection):
     """Glow's 1x1 convolution in LU form: `z[i, j] = W x[i, j]` with
     `W = P L (U + diag(sign * exp(log_s)))`.
 
@@ -88,14 +82,13 @@ class OneByOneConvLU(AbstractFlow):
     L: Float[Array, " n_off"] | None = None
     U: Float[Array, " n_off"] | None = None
     log_s: Float[Array, " c"] | None = None
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self):
         self.perm = self.sign = self.L = self.U = self.log_s = None
 
     def init(self, x_batch, *, key, cond=None):
         _, _, c = _check_images("OneByOneConvLU", x_batch)
-        W0 = _random_rotation(key, c, x_batch.dtype)
+        W0 = random_orthogonal(key, c, dtype=x_batch.dtype)
         p, low, up = jsl.lu(W0)  # W0 = p @ low @ up
         perm = jnp.argmax(p, axis=1).astype(jnp.int32)
         s = jnp.diag(up)
@@ -116,9 +109,9 @@ class OneByOneConvLU(AbstractFlow):
 
     def _factors(self):
         c = self.log_s.shape[0]
-        L = _unit_lower(self.L, c)
+        L = unit_lower(self.L, c)
         Ud = (
-            _unit_upper(self.U, c)
+            unit_upper(self.U, c)
             - jnp.eye(c, dtype=self.U.dtype)
             + jnp.diag(self.sign.get() * jnp.exp(self.log_s))
         )
@@ -142,26 +135,7 @@ class OneByOneConvLU(AbstractFlow):
         return Z.T.reshape(h, w, c), jnp.sum(self.log_s) * (h * w)
 
 
-def _space_to_depth(x: Array, kh: int, kw: int, dh: int = 1, dw: int = 1) -> Array:
-    """(h, w, c) -> (h / kh, w / kw, kh kw c): patches of `kh x kw` pixels spaced `(dh, dw)`
-    apart. Row `r = a kh dh + i dh + b` (block `a`, patch row `i`, offset `b < dh`) goes to
-    row `a dh + b` of the output, entry `(i kw + j) c + k` of its patch."""
-    h, w, c = x.shape
-    x = x.reshape(h // (kh * dh), kh, dh, w // (kw * dw), kw, dw, c)
-    x = x.transpose(0, 2, 3, 5, 1, 4, 6)  # (a, b, a', b', i, j, k)
-    return x.reshape(h // kh, w // kw, kh * kw * c)
-
-
-def _depth_to_space(x: Array, kh: int, kw: int, dh: int = 1, dw: int = 1) -> Array:
-    """The inverse of `_space_to_depth`."""
-    hp, wp, d = x.shape
-    c = d // (kh * kw)
-    x = x.reshape(hp // dh, dh, wp // dw, dw, kh, kw, c)
-    x = x.transpose(0, 4, 1, 2, 5, 3, 6)  # (a, i, b, a', j, b', k)
-    return x.reshape(hp * kh, wp * kw, c)
-
-
-class LocalDense(AbstractFlow):
+class LocalDense(AbstractBijection):
     """A dense map over non-overlapping `kh x kw` patches (NuX's `LocalDense`).
 
     Each patch is flattened to a vector of `c * kh * kw` values (index
@@ -189,7 +163,6 @@ class LocalDense(AbstractFlow):
     filter_shape: tuple[int, int] = eqx.field(static=True, default=(2, 2))
     w_init: Literal["identity", "rotation"] = eqx.field(static=True, default="rotation")
     dilation: tuple[int, int] = eqx.field(static=True, default=(1, 1))
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(
         self,
@@ -216,24 +189,21 @@ class LocalDense(AbstractFlow):
                 "and dilation that fit, or crop/pad the images."
             )
         d = c * kh * kw
-        if self.w_init == "identity":
-            W = jnp.eye(d, dtype=x_batch.dtype)
-        else:
-            W = _random_rotation(key, d, x_batch.dtype)
+        W = initial_matrix(self.w_init, key, d, x_batch.dtype)
         return eqx.tree_at(lambda s: s.W, self, W, is_leaf=lambda v: v is None)
 
     def transform(self, x: Image, reverse: bool, *, key: Key, cond: Cond) -> tuple[Image, Scalar]:
         kh, kw = self.filter_shape
         dh, dw = self.dilation
-        p = _space_to_depth(x, kh, kw, dh, dw)
+        p = space_to_depth(x, kh, kw, dh, dw)
         hp, wp, d = p.shape
         P = p.reshape(hp * wp, d).T
         Z = jnp.linalg.solve(self.W, P) if reverse else self.W @ P
-        z = _depth_to_space(Z.T.reshape(hp, wp, d), kh, kw, dh, dw)
+        z = depth_to_space(Z.T.reshape(hp, wp, d), kh, kw, dh, dw)
         return z, jnp.linalg.slogdet(self.W)[1] * (hp * wp)
 
 
-class CircularConv(AbstractFlow):
+class CircularConv(AbstractBijection):
     """An invertible circular (periodic) convolution, computed with the FFT
     (Karami et al. 2019, "Invertible convolutional flow").
 
@@ -260,7 +230,6 @@ class CircularConv(AbstractFlow):
 
     kernel: Float[Array, "kh kw c c"] | None = None
     filter_size: tuple[int, int] = eqx.field(static=True, default=(3, 3))
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, filter_size: tuple[int, int] = (3, 3)):
         self.filter_size = _pair("CircularConv", "filter_size", filter_size)

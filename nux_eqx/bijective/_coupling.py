@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from .._flow import AbstractFlow, ShapeError
+from .._flow import AbstractBijection, ShapeError
 from .._types import AnyShape, Cond, Key, Scalar
 from ..nn import cast_floating, cond_features, default_network
 
@@ -137,7 +137,7 @@ def _couple(layer, x: Array, reverse: bool, feats: Array | None) -> tuple[Array,
     return jnp.concatenate([z_a, x_b], axis=-1), -jnp.sum(log_s)
 
 
-class Coupling(AbstractFlow):
+class Coupling(AbstractBijection):
     """RealNVP coupling (NuX's `Coupling`), for vectors `(d,)` and images `(h, w, c)`.
 
     With the default mask the last axis is split into `x_a` (the first `floor(d/2)`
@@ -181,7 +181,6 @@ class Coupling(AbstractFlow):
     network_factory: Callable | None = eqx.field(static=True)
     mask: Mask = eqx.field(static=True)
     parity: int = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(
         self,
@@ -209,7 +208,7 @@ def _cond_shapes(cond, batched: bool) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(jnp.shape(leaf)[1:] if batched else jnp.shape(leaf)) for leaf in jax.tree.leaves(cond))
 
 
-class ConditionedCoupling(AbstractFlow):
+class ConditionedCoupling(AbstractBijection):
     """A coupling whose network also reads a conditioning `cond` (NuX's `ConditionedCoupling`).
 
     The same map as [`nux_eqx.Coupling`][] (same keywords, same masks), but the network
@@ -238,7 +237,6 @@ class ConditionedCoupling(AbstractFlow):
     mask: Mask = eqx.field(static=True)
     parity: int = eqx.field(static=True)
     cond_shape: tuple[tuple[int, ...], ...] | None = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
     needs_cond: ClassVar[bool] = True
 
     def __init__(

@@ -1,26 +1,23 @@
 """Elementwise bijections: `Identity`, `Scale`, `LeakyReLU`, `Logit`, `Sigmoid`."""
 
 import math
-from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._flow import AbstractFlow
+from .._flow import AbstractBijection
 from .._types import AnyShape, Cond, Key, Scalar
 
 
-class Identity(AbstractFlow):
+class Identity(AbstractBijection):
     """`z = x`, contribution 0."""
-
-    layer_kind: ClassVar[str] = "bijective"
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         return x, jnp.zeros((), x.dtype)
 
 
-class Scale(AbstractFlow):
+class Scale(AbstractBijection):
     """`z = x / tau` with a fixed `tau` (NuX's `Scale`); contribution `-D log tau`.
 
     **Arguments:**
@@ -29,7 +26,6 @@ class Scale(AbstractFlow):
     """
 
     tau: float = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, tau: float):
         tau = float(tau)
@@ -42,7 +38,7 @@ class Scale(AbstractFlow):
         return z, jnp.asarray(-x.size * math.log(self.tau), x.dtype)
 
 
-class LeakyReLU(AbstractFlow):
+class LeakyReLU(AbstractBijection):
     """`z = x` for `x >= 0`, `alpha * x` otherwise; contribution `sum log alpha` over negatives.
 
     **Arguments:**
@@ -51,7 +47,6 @@ class LeakyReLU(AbstractFlow):
     """
 
     alpha: float = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, alpha: float = 0.01):
         if not 0 < alpha:
@@ -79,7 +74,7 @@ def _logit_log_det(z, lmbda):
     return jnp.sum(per)
 
 
-class Logit(AbstractFlow):
+class Logit(AbstractBijection):
     """NuX's `Logit`: `z = logit(lmbda + (1 - 2 lmbda) x)` for `x` in `(0, 1)`.
 
     Use a non-zero `lmbda` for images in `[0, 1]` so that the ends stay finite: with
@@ -104,7 +99,6 @@ class Logit(AbstractFlow):
     """
 
     lmbda: float = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, lmbda: float | None = 0.05):
         self.lmbda = _check_lmbda("Logit", lmbda)
@@ -121,7 +115,7 @@ class Logit(AbstractFlow):
         return out, _logit_log_det(z, lm).astype(x.dtype)
 
 
-class Sigmoid(AbstractFlow):
+class Sigmoid(AbstractBijection):
     """The inverse of `Logit`: `z = (sigmoid(x) - lmbda) / (1 - 2 lmbda)`.
 
     **Arguments:**
@@ -130,7 +124,6 @@ class Sigmoid(AbstractFlow):
     """
 
     lmbda: float = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, lmbda: float | None = None):
         self.lmbda = _check_lmbda("Sigmoid", lmbda)

@@ -1,8 +1,6 @@
 """Dense linear bijections on vectors: `AffineDense`, `AffineLDU`, `AffineSVD`,
 `Householder` and the `Affine` dispatcher (NuX's `nux/flows/bijective/affine.py`)."""
 
-from typing import ClassVar
-
 import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
@@ -11,7 +9,8 @@ import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._flow import AbstractFlow, ShapeError
+from .._flow import AbstractBijection, AbstractFlow, ShapeError
+from .._maths import random_orthogonal
 from .._types import Cond, Key, Scalar, Vector
 
 # --------------------------------------------------------------------------------------
@@ -19,34 +18,36 @@ from .._types import Cond, Key, Scalar, Vector
 # --------------------------------------------------------------------------------------
 
 
-def _random_rotation(key, n: int, dtype) -> Array:
-    """A Haar-random `n x n` orthogonal matrix (QR of a Gaussian, signs fixed)."""
-    q, r = jnp.linalg.qr(jr.normal(key, (n, n), dtype))
-    return q * jnp.sign(jnp.diag(r))
+def ldu_init(key, n: int, dtype) -> tuple[Array, Array, Array]:
+    """`(L, log_d, U)` of an LDU layer near the identity: small random strict triangles
+    and `log_d = 0`."""
+    kl, ku = jr.split(key)
+    m = n_off_diagonal(n)
+    return 0.01 * jr.normal(kl, (m,), dtype), jnp.zeros((n,), dtype), 0.01 * jr.normal(ku, (m,), dtype)
 
 
-def _n_off_diagonal(n: int) -> int:
+def n_off_diagonal(n: int) -> int:
     return n * (n - 1) // 2
 
 
-def _unit_lower(flat: Array, n: int) -> Array:
+def unit_lower(flat: Array, n: int) -> Array:
     """Unit-lower-triangular `n x n` matrix; `flat` fills the strict lower triangle in
     row-major order (`numpy.tril_indices(n, -1)`)."""
     rows, cols = np.tril_indices(n, -1)
     return jnp.eye(n, dtype=flat.dtype).at[rows, cols].set(flat)
 
 
-def _unit_upper(flat: Array, n: int) -> Array:
+def unit_upper(flat: Array, n: int) -> Array:
     """Unit-upper-triangular `n x n` matrix; `flat` fills the strict upper triangle in
     row-major order (`numpy.triu_indices(n, 1)`)."""
     rows, cols = np.triu_indices(n, 1)
     return jnp.eye(n, dtype=flat.dtype).at[rows, cols].set(flat)
 
 
-def _ldu_apply(L_flat: Array, log_d: Array, U_flat: Array, X: Array, reverse: bool) -> Array:
+def ldu_apply(L_flat: Array, log_d: Array, U_flat: Array, X: Array, reverse: bool) -> Array:
     """`L diag(exp(log_d)) U X` (or its inverse, by triangular solves) on columns of `X`."""
     n = log_d.shape[0]
-    L, U = _unit_lower(L_flat, n), _unit_upper(U_flat, n)
+    L, U = unit_lower(L_flat, n), unit_upper(U_flat, n)
     if not reverse:
         return L @ (jnp.exp(log_d)[:, None] * (U @ X))
     Y = jsl.solve_triangular(L, X, lower=True, unit_diagonal=True)
@@ -66,7 +67,7 @@ def _householder_apply(vs: Array, x: Array, transpose: bool) -> Array:
     return y
 
 
-def _check_vectors(name: str, x_batch: Array) -> int:
+def check_vectors(name: str, x_batch: Array) -> int:
     if x_batch.ndim != 2:
         raise ShapeError(
             f"{name} acts on vectors, got examples of shape {tuple(x_batch.shape[1:])}; "
@@ -89,7 +90,7 @@ def _check_n_householders(name: str, n) -> int:
 # --------------------------------------------------------------------------------------
 
 
-class AffineDense(AbstractFlow):
+class AffineDense(AbstractBijection):
     """A dense affine map `z = W x + b` on vectors.
 
     `W` starts as a random orthogonal matrix (NuX whitened a Glorot-normal matrix, which
@@ -99,14 +100,13 @@ class AffineDense(AbstractFlow):
 
     W: Float[Array, "dim dim"] | None = None
     b: Float[Array, " dim"] | None = None
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self):
         self.W = self.b = None
 
     def init(self, x_batch, *, key, cond=None):
-        d = _check_vectors("AffineDense", x_batch)
-        W = _random_rotation(key, d, x_batch.dtype)
+        d = check_vectors("AffineDense", x_batch)
+        W = random_orthogonal(key, d, dtype=x_batch.dtype)
         b = jnp.zeros((d,), x_batch.dtype)
         return eqx.tree_at(lambda s: (s.W, s.b), self, (W, b), is_leaf=lambda v: v is None)
 
@@ -115,7 +115,7 @@ class AffineDense(AbstractFlow):
         return z, jnp.linalg.slogdet(self.W)[1]
 
 
-class AffineLDU(AbstractFlow):
+class AffineLDU(AbstractBijection):
     """A dense linear map in LDU form: `z = L diag(exp(log_d)) U x` on vectors.
 
     `L` is unit-lower-triangular and `U` unit-upper-triangular; their strict triangles are
@@ -128,26 +128,19 @@ class AffineLDU(AbstractFlow):
     L: Float[Array, " n_off"] | None = None
     log_d: Float[Array, " dim"] | None = None
     U: Float[Array, " n_off"] | None = None
-    layer_kind: ClassVar[str] = "bijective"
-
-    def __init__(self):
-        self.L = self.log_d = self.U = None
 
     def init(self, x_batch, *, key, cond=None):
-        d = _check_vectors("AffineLDU", x_batch)
-        kl, ku = jr.split(key)
-        m = _n_off_diagonal(d)
-        L = 0.01 * jr.normal(kl, (m,), x_batch.dtype)
-        U = 0.01 * jr.normal(ku, (m,), x_batch.dtype)
-        log_d = jnp.zeros((d,), x_batch.dtype)
-        return eqx.tree_at(lambda s: (s.L, s.log_d, s.U), self, (L, log_d, U), is_leaf=lambda v: v is None)
+        d = check_vectors("AffineLDU", x_batch)
+        return eqx.tree_at(
+            lambda s: (s.L, s.log_d, s.U), self, ldu_init(key, d, x_batch.dtype), is_leaf=lambda v: v is None
+        )
 
     def transform(self, x: Vector, reverse: bool, *, key: Key, cond: Cond) -> tuple[Vector, Scalar]:
-        z = _ldu_apply(self.L, self.log_d, self.U, x[:, None], reverse)[:, 0]
+        z = ldu_apply(self.L, self.log_d, self.U, x[:, None], reverse)[:, 0]
         return z, jnp.sum(self.log_d)
 
 
-class AffineSVD(AbstractFlow):
+class AffineSVD(AbstractBijection):
     """A dense affine map in SVD form: `z = U diag(exp(log_s)) V^T x + b` on vectors.
 
     `U` and `V` are orthogonal, each the product of `n_householders` Householder
@@ -168,14 +161,13 @@ class AffineSVD(AbstractFlow):
     V: Float[Array, "n dim"] | None = None
     b: Float[Array, " dim"] | None = None
     n_householders: int = eqx.field(static=True, default=1)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, n_householders: int):
         self.n_householders = _check_n_householders("AffineSVD", n_householders)
         self.U = self.log_s = self.V = self.b = None
 
     def init(self, x_batch, *, key, cond=None):
-        d = _check_vectors("AffineSVD", x_batch)
+        d = check_vectors("AffineSVD", x_batch)
         ku, kv = jr.split(key)
         n = self.n_householders
         U = jr.normal(ku, (n, d), x_batch.dtype)
@@ -195,7 +187,7 @@ class AffineSVD(AbstractFlow):
         return z, jnp.sum(self.log_s)
 
 
-class Householder(AbstractFlow):
+class Householder(AbstractBijection):
     """An orthogonal map on vectors made of Householder reflections:
     `z = H(v_0) H(v_1) ... H(v_{n-1}) x` with `H(v) = I - 2 v v^T / (v^T v)`.
 
@@ -211,14 +203,13 @@ class Householder(AbstractFlow):
 
     vectors: Float[Array, "n dim"] | None = None
     n_householders: int = eqx.field(static=True, default=1)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, n_householders: int = 1):
         self.n_householders = _check_n_householders("Householder", n_householders)
         self.vectors = None
 
     def init(self, x_batch, *, key, cond=None):
-        d = _check_vectors("Householder", x_batch)
+        d = check_vectors("Householder", x_batch)
         vs = jr.normal(key, (self.n_householders, d), x_batch.dtype)
         return eqx.tree_at(lambda s: s.vectors, self, vs, is_leaf=lambda v: v is None)
 

@@ -1,17 +1,16 @@
 """Elementwise and simplex nonlinearities: `Tanh`, `Softplus`, `SoftmaxPP`."""
 
 import math
-from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._flow import AbstractFlow, ShapeError
+from .._flow import AbstractBijection, ShapeError
 from .._types import AnyShape, Cond, Key, Scalar, Vector
 
 
-class Tanh(AbstractFlow):
+class Tanh(AbstractBijection):
     """`z = tanh(x)`, elementwise: `R -> (-1, 1)`.
 
     The contribution is `sum log(1 - tanh(x)^2) = sum 2 (log 2 - x - softplus(-2x))`,
@@ -20,8 +19,6 @@ class Tanh(AbstractFlow):
     `|x| > 9` and loses digits well before that (`atanh(tanh(4))` is off by about `1e-4`),
     so keep the inputs moderate (an `ActNorm` before it helps) or work in float64.
     """
-
-    layer_kind: ClassVar[str] = "bijective"
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         pre = jnp.arctanh(x) if reverse else x
@@ -35,14 +32,12 @@ def _inverse_softplus(z):
     return z + jnp.log(-jnp.expm1(-z))
 
 
-class Softplus(AbstractFlow):
+class Softplus(AbstractBijection):
     """`z = softplus(x) = log(1 + exp(x))`, elementwise: `R -> (0, inf)`.
 
     The contribution is `sum log sigmoid(x)`; the reverse direction takes `z > 0`:
     `x = z + log(1 - exp(-z))`.
     """
-
-    layer_kind: ClassVar[str] = "bijective"
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         pre = _inverse_softplus(x) if reverse else x
@@ -50,7 +45,7 @@ class Softplus(AbstractFlow):
         return out, jnp.sum(jax.nn.log_sigmoid(pre)).astype(x.dtype)
 
 
-class SoftmaxPP(AbstractFlow):
+class SoftmaxPP(AbstractBijection):
     r"""Softmax++, the invertible Gaussian reparametrisation (Potapczynski, Loaiza-Ganem and
     Cunningham 2019; NuX's `SoftmaxPP`): `R^{K-1}` -> the interior of the `K`-simplex.
 
@@ -85,7 +80,6 @@ class SoftmaxPP(AbstractFlow):
 
     tau: float = eqx.field(static=True)
     log_delta: float = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, tau: float = 0.4, log_delta: float = 0.0):
         tau, log_delta = float(tau), float(log_delta)

@@ -1,17 +1,16 @@
 """`ActNorm`: per-feature (per-channel) affine normalisation with data-dependent init."""
 
 import math
-from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._flow import AbstractFlow
+from .._flow import AbstractBijection
 from .._types import AnyShape, Cond, Key, Scalar
 
 
-class ActNorm(AbstractFlow):
+class ActNorm(AbstractBijection):
     """Glow's activation normalisation: `z = (x - b) * exp(-log_s)` per last-axis feature.
 
     Data-dependent: `nux_eqx.init` sets `b` to the batch mean and `log_s` to the log of the
@@ -23,7 +22,6 @@ class ActNorm(AbstractFlow):
 
     b: Float[Array, " c"] | None = None
     log_s: Float[Array, " c"] | None = None
-    layer_kind: ClassVar[str] = "bijective"
 
     def init(self, x_batch, *, key, cond=None):
         axes = tuple(range(x_batch.ndim - 1))

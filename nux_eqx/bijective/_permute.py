@@ -2,12 +2,11 @@
 
 import functools
 import random
-from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
 
-from .._flow import AbstractFlow
+from .._flow import AbstractBijection
 from .._types import AnyShape, Cond, Key, Scalar
 
 
@@ -26,7 +25,7 @@ def permutation(seed: int, dim: int) -> tuple[int, ...]:
     return tuple(order)
 
 
-class Permute(AbstractFlow):
+class Permute(AbstractBijection):
     """A fixed random permutation of the last axis (features, or image channels):
     `z = x[..., perm]`; contribution 0.
 
@@ -43,7 +42,6 @@ class Permute(AbstractFlow):
     """
 
     seed: int = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)

@@ -25,7 +25,7 @@ exact.
 """
 
 import math
-from typing import ClassVar, Literal
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float
 
-from .._flow import AbstractFlow
+from .._flow import AbstractBijection
 from .._types import Cond, Key, Scalar, Vector
-from ._linear import _check_vectors
+from ._linear import check_vectors
 
 Direction = Literal["sample", "density"]
 _DIRECTIONS = ("sample", "density")
@@ -120,7 +120,7 @@ def _planar_root(c: Array, a: Array, n_bisect: int, n_newton: int) -> Array:
     return s
 
 
-class Planar(AbstractFlow):
+class Planar(AbstractBijection):
     r"""A planar flow (Rezende and Mohamed 2015) on vectors:
     `f(v) = v + u_hat tanh(w.v + b)`.
 
@@ -168,7 +168,6 @@ class Planar(AbstractFlow):
     direction: str = eqx.field(static=True, default="sample")
     n_bisect: int = eqx.field(static=True, default=30)
     n_newton: int = eqx.field(static=True, default=4)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, direction: Direction = "sample", *, n_bisect: int = 30, n_newton: int = 4):
         self.direction = _check_direction("Planar", direction)
@@ -177,7 +176,7 @@ class Planar(AbstractFlow):
         self.w = self.u = self.b = None
 
     def init(self, x_batch, *, key, cond=None):
-        d = _check_vectors("Planar", x_batch)
+        d = check_vectors("Planar", x_batch)
         kw, ku = jr.split(key)
         scale = 1.0 / math.sqrt(d)
         w = scale * jr.normal(kw, (d,), x_batch.dtype)
@@ -221,7 +220,7 @@ def _safe_norm(d: Array) -> Array:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, s, 1.0)), 0.0)
 
 
-class Radial(AbstractFlow):
+class Radial(AbstractBijection):
     r"""A radial flow (Rezende and Mohamed 2015) on vectors:
     `f(v) = v + beta (v - z0) / (alpha + r)`, `r = |v - z0|`.
 
@@ -255,14 +254,13 @@ class Radial(AbstractFlow):
     alpha_raw: Float[Array, ""] | None = None
     beta_raw: Float[Array, ""] | None = None
     direction: str = eqx.field(static=True, default="sample")
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, direction: Direction = "sample"):
         self.direction = _check_direction("Radial", direction)
         self.z0 = self.alpha_raw = self.beta_raw = None
 
     def init(self, x_batch, *, key, cond=None):
-        _check_vectors("Radial", x_batch)
+        check_vectors("Radial", x_batch)
         ki, kb = jr.split(key)
         z0 = x_batch[jr.randint(ki, (), 0, x_batch.shape[0])]
         alpha_raw = jnp.zeros((), x_batch.dtype)

@@ -1,13 +1,13 @@
 """Shape-only bijections: `Reverse`, `Flatten`, `Reshape`, `Transpose`, `Squeeze`, `UnSqueeze`."""
 
 import math
-from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._flow import AbstractFlow, ShapeError
+from .._flow import AbstractBijection, ShapeError
+from .._maths import depth_to_space, space_to_depth
 from .._types import AnyShape, Cond, Image, Key, Scalar
 
 _Any = Float[Array, "..."]
@@ -17,25 +17,21 @@ def _zero(x):
     return jnp.zeros((), x.dtype)
 
 
-class Reverse(AbstractFlow):
+class Reverse(AbstractBijection):
     """Reverse the last axis, `x[..., ::-1]`: use it between couplings. Its own inverse."""
-
-    layer_kind: ClassVar[str] = "bijective"
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         return x[..., ::-1], _zero(x)
 
 
-class Flatten(AbstractFlow):
+class Flatten(AbstractBijection):
     """Flatten one example to a vector; reverse restores the recorded shape."""
-
-    layer_kind: ClassVar[str] = "bijective"
 
     def transform(self, x: _Any, reverse: bool, *, key: Key, cond: Cond) -> tuple[_Any, Scalar]:
         return (x.reshape(self.in_shape) if reverse else x.reshape(-1)), _zero(x)
 
 
-class Reshape(AbstractFlow):
+class Reshape(AbstractBijection):
     """Reshape one example to `shape` (one `-1` allowed); reverse restores it.
 
     **Arguments:**
@@ -44,7 +40,6 @@ class Reshape(AbstractFlow):
     """
 
     shape: tuple[int, ...] = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, shape: tuple[int, ...]):
         shape = tuple(int(s) for s in shape)
@@ -66,7 +61,7 @@ class Reshape(AbstractFlow):
         return (x.reshape(self.in_shape) if reverse else x.reshape(self.shape)), _zero(x)
 
 
-class Transpose(AbstractFlow):
+class Transpose(AbstractBijection):
     """Permute the axes of one example (`jnp.transpose(x, axis_order)`).
 
     **Arguments:**
@@ -75,7 +70,6 @@ class Transpose(AbstractFlow):
     """
 
     axis_order: tuple[int, ...] = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(self, axis_order: tuple[int, ...]):
         axis_order = tuple(int(a) for a in axis_order)
@@ -100,24 +94,20 @@ class Transpose(AbstractFlow):
 
 def squeeze(x: Array) -> Array:
     """2x2 space-to-depth on one `(h, w, c)` image; channel index `(i * 2 + j) * c + k`."""
-    h, w, c = x.shape
-    return x.reshape(h // 2, 2, w // 2, 2, c).transpose(0, 2, 1, 3, 4).reshape(h // 2, w // 2, 4 * c)
+    return space_to_depth(x, 2, 2)
 
 
 def unsqueeze(x: Array) -> Array:
     """The inverse of [`nux_eqx.bijective.squeeze`][]."""
-    h, w, c = x.shape
-    return x.reshape(h, w, 2, 2, c // 4).transpose(0, 2, 1, 3, 4).reshape(2 * h, 2 * w, c // 4)
+    return depth_to_space(x, 2, 2)
 
 
-class Squeeze(AbstractFlow):
+class Squeeze(AbstractBijection):
     """2x2 space-to-depth: `(h, w, c) -> (h/2, w/2, 4c)`, in NuX's channel order.
 
     Output channel `(i * 2 + j) * c + k` holds pixel `(2y + i, 2x + j)` of channel `k`.
     `h` and `w` must be even.
     """
-
-    layer_kind: ClassVar[str] = "bijective"
 
     def init(self, x_batch, *, key, cond=None):
         shape = x_batch.shape[1:]
@@ -134,13 +124,11 @@ class Squeeze(AbstractFlow):
         return (unsqueeze(x) if reverse else squeeze(x)), _zero(x)
 
 
-class UnSqueeze(AbstractFlow):
+class UnSqueeze(AbstractBijection):
     """2x2 depth-to-space, the inverse of `Squeeze`: `(h, w, c) -> (2h, 2w, c/4)`.
 
     `c` must be divisible by 4.
     """
-
-    layer_kind: ClassVar[str] = "bijective"
 
     def init(self, x_batch, *, key, cond=None):
         shape = x_batch.shape[1:]

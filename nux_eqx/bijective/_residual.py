@@ -21,7 +21,7 @@ and before evaluation or sampling.
 
 import math
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Literal
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -273,7 +273,6 @@ class ResidualFlow(AbstractEstimableFlow):
     max_terms: int = eqx.field(static=True)
     noise: str = eqx.field(static=True)
 
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(
         self,

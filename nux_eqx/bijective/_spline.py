@@ -9,14 +9,13 @@ continuous at `±B` (the end derivatives are fixed to 1).
 
 import math
 from collections.abc import Callable, Sequence
-from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._flow import AbstractFlow, ShapeError
+from .._flow import AbstractBijection, ShapeError
 from .._types import AnyShape, Cond, Key, Scalar
 from ..nn import cast_floating, default_network
 
@@ -288,7 +287,7 @@ def _split_params(p: Array, K: int) -> tuple[Array, Array, Array]:
 # --------------------------------------------------------------------------------------
 
 
-class RationalQuadraticSpline(AbstractFlow):
+class RationalQuadraticSpline(AbstractBijection):
     """An elementwise rational-quadratic spline with learned parameters per feature.
 
     Every entry of `x` (any shape) has its own spline with `K` bins on `[-B, B]` and the
@@ -311,7 +310,6 @@ class RationalQuadraticSpline(AbstractFlow):
     min_bin_width: float = eqx.field(static=True)
     min_bin_height: float = eqx.field(static=True)
     min_derivative: float = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(
         self,
@@ -353,7 +351,7 @@ class RationalQuadraticSpline(AbstractFlow):
         return z, jnp.sum(log_det)
 
 
-class NeuralSpline(AbstractFlow):
+class NeuralSpline(AbstractBijection):
     """Coupling rational-quadratic spline flow (RQ-NSF (C), Durkan et al. 2019; NuX's
     `NeuralSpline`), for vectors `(d,)` and images `(h, w, c)`.
 
@@ -393,7 +391,6 @@ class NeuralSpline(AbstractFlow):
     min_bin_width: float = eqx.field(static=True)
     min_bin_height: float = eqx.field(static=True)
     min_derivative: float = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
 
     def __init__(
         self,

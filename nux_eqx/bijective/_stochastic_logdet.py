@@ -3,7 +3,7 @@ unbiased estimator for training: `AbstractEstimableFlow`, the `StochasticLogDet`
 that switches a layer to its estimator, and `stochastic_log_det` that switches a whole
 flow.
 
-A layer's kind is a class property in nux_eqx (`layer_kind`, `needs_key`), so the same
+A layer's kind is its base class in nux_eqx (and `forward_needs_key` a class flag), so the same
 instance cannot be a deterministic bijection in one call and a keyed stochastic layer in
 the next. The exact mode is the layer itself (a bijection, checked by `check_flow`
 against the brute-force Jacobian); the estimator mode is the layer wrapped in
@@ -17,14 +17,13 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax
-import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from .._flow import AbstractFlow, push, with_shapes
+from .._flow import AbstractBijection, AbstractSurjective
 from .._types import AnyShape, Cond, Key, Scalar
 
 
-class AbstractEstimableFlow(AbstractFlow):
+class AbstractEstimableFlow(AbstractBijection):
     """A bijection with an exact log-determinant (its `transform`) and an unbiased
     stochastic estimate of it (`transform_estimate`), such as
     [`nux_eqx.ContinuousFlow`][] (Hutchinson's trace estimator) and
@@ -33,8 +32,6 @@ class AbstractEstimableFlow(AbstractFlow):
     Wrap it in [`nux_eqx.StochasticLogDet`][] (or call
     [`nux_eqx.stochastic_log_det`][] on a whole flow) to train with the estimator.
     """
-
-    layer_kind: ClassVar[str] = "bijective"
 
     @abc.abstractmethod
     def transform_estimate(
@@ -47,7 +44,7 @@ class AbstractEstimableFlow(AbstractFlow):
         """
 
 
-class StochasticLogDet(AbstractFlow):
+class StochasticLogDet(AbstractSurjective):
     """Run an [`nux_eqx.AbstractEstimableFlow`][] with its stochastic log-determinant.
 
     The output `z` is the wrapped layer's (the same bijection); the contribution is an
@@ -67,8 +64,7 @@ class StochasticLogDet(AbstractFlow):
     """
 
     flow: AbstractEstimableFlow
-    layer_kind: ClassVar[str] = "stochastic"
-    needs_key: ClassVar[bool] = True
+    forward_needs_key: ClassVar[bool] = True
 
     def __init__(self, flow: AbstractEstimableFlow):
         if not isinstance(flow, AbstractEstimableFlow):
@@ -80,11 +76,9 @@ class StochasticLogDet(AbstractFlow):
         # wrapping an initialised layer gives an initialised wrapper
         self._in_shape, self._out_shape = flow.in_shape, flow.out_shape
 
-    def init_and_push(self, x_batch, *, key, cond=None):
-        k_init, k_push = jr.split(key)
-        inner, _ = self.flow.init_and_push(x_batch, key=k_init, cond=cond)
-        new = with_shapes(eqx.tree_at(lambda s: s.flow, self, inner), inner.in_shape, inner.out_shape)
-        return new, push(new, x_batch, key=k_push, cond=cond)
+    def init(self, x_batch, *, key, cond=None):
+        inner, _ = self.flow.init_and_push(x_batch, key=key, cond=cond)
+        return eqx.tree_at(lambda s: s.flow, self, inner)
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         if key is None:  # reverse without a key: exact

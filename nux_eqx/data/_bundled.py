@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from ._datasets import Split, _split, standardise
+from ._datasets import Split, split_rows, standardise
 
 
 def _package_dir(name: str, install: str) -> str:
@@ -58,7 +58,7 @@ def galaxy(
     """
     d = _package_dir("pzflow", _PZFLOW_INSTALL)
     df = _read_pickle(os.path.join(d, "example_files", "galaxy-data.pkl"))
-    s = _split(df.to_numpy(np.float64), fractions, seed)
+    s = split_rows(df.to_numpy(np.float64), fractions, seed)
     s = dataclasses.replace(s, name="galaxy", columns=tuple(str(c) for c in df.columns))
     return standardise(s) if standardize else _as32(s)
 
@@ -78,7 +78,7 @@ def cities(
     d = _package_dir("pzflow", _PZFLOW_INSTALL)
     df = _read_pickle(os.path.join(d, "example_files", "city-data.pkl"))
     x = df[["Longitude", "Latitude"]].to_numpy(np.float64)
-    s = dataclasses.replace(_split(x, fractions, seed), name="cities", columns=("Longitude", "Latitude"))
+    s = dataclasses.replace(split_rows(x, fractions, seed), name="cities", columns=("Longitude", "Latitude"))
     return standardise(s) if standardize else _as32(s)
 
 
@@ -107,7 +107,7 @@ def mnist5k(
     a = np.loadtxt(os.path.join(d, "data", "data", "mnist_5k.csv.gz"), delimiter=",", dtype=np.uint8)
     x = a[:, :-1].astype(np.float32)
     x = x.reshape(-1, 28, 28, 1) if images else x
-    return dataclasses.replace(_split(x, fractions, seed), levels=256, name="mnist5k")
+    return dataclasses.replace(split_rows(x, fractions, seed), levels=256, name="mnist5k")
 
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"

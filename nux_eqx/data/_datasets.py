@@ -69,7 +69,7 @@ class Split:
         return np.asarray(x) * self.std + self.mean
 
 
-def _split(x: np.ndarray, fractions: tuple[float, float, float], seed: int) -> Split:
+def split_rows(x: np.ndarray, fractions: tuple[float, float, float], seed: int) -> Split:
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}.")
     n = x.shape[0]
@@ -126,7 +126,7 @@ def digits(
         ) from e
     x = load_digits().images.astype(np.float32)
     x = x[..., None] if images else x.reshape(len(x), -1)
-    s = _split(x, fractions, seed)
+    s = split_rows(x, fractions, seed)
     return dataclasses.replace(s, levels=DIGITS_LEVELS, name="digits" if images else "digits64")
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray
 
-_LOG_2PI = math.log(2 * math.pi)
+from .._maths import LOG_2PI, diag_gaussian_log_prob
 
 
 class NIFTerms(NamedTuple):
@@ -55,11 +55,6 @@ def add_terms(a: NIFTerms, b: NIFTerms, z: Array) -> NIFTerms:
     return NIFTerms(z, a.log_hx + b.log_hx, a.log_pxgz + b.log_pxgz, a.log_qzgx + b.log_qzgx)
 
 
-def diag_gaussian_log_prob(x: Array, mean: Array, log_diag_cov: Array) -> Array:
-    """`log N(x | mean, diag(exp(log_diag_cov)))`, summed over every element."""
-    return -0.5 * jnp.sum((x - mean) ** 2 * jnp.exp(-log_diag_cov) + log_diag_cov + _LOG_2PI)
-
-
 # --------------------------------------------------------------------------------------
 # Dense A: x (D,), z (k,), A (D, k).
 # --------------------------------------------------------------------------------------
@@ -79,7 +74,7 @@ def _dense_log_hx(r, A, log_diag_cov, mu, L, inv_var):
     return (
         -0.5 * jnp.sum(resid**2 * inv_var)
         - 0.5 * jnp.sum(log_diag_cov)
-        - 0.5 * (d - k) * _LOG_2PI
+        - 0.5 * (d - k) * LOG_2PI
         - jnp.sum(jnp.log(jnp.diag(L)))
     )
 
@@ -100,8 +95,8 @@ def dense_sample_posterior(x: Array, A: Array, b: Array, log_diag_cov: Array, ke
     # cov(z) = M^{-1} = L^{-T} L^{-1}
     z = mu + jax.scipy.linalg.solve_triangular(L.T, eps, lower=False)
     log_hx = _dense_log_hx(r, A, log_diag_cov, mu, L, inv_var)
-    log_pxgz = diag_gaussian_log_prob(x, A @ z + b, log_diag_cov)
-    log_qzgx = -0.5 * jnp.sum(eps**2) - 0.5 * k * _LOG_2PI + jnp.sum(jnp.log(jnp.diag(L)))
+    log_pxgz = diag_gaussian_log_prob(x, A @ z + b, 0.5 * log_diag_cov)
+    log_qzgx = -0.5 * jnp.sum(eps**2) - 0.5 * k * LOG_2PI + jnp.sum(jnp.log(jnp.diag(L)))
     return NIFTerms(z, log_hx, log_pxgz, log_qzgx)
 
 
@@ -145,7 +140,7 @@ def _up_log_hx(r, repeats, log_diag_cov, mu, m, inv_var):
     return (
         -0.5 * jnp.sum(resid**2 * inv_var)
         - 0.5 * jnp.sum(log_diag_cov)
-        - 0.5 * (r.size - mu.size) * _LOG_2PI
+        - 0.5 * (r.size - mu.size) * LOG_2PI
         - 0.5 * jnp.sum(jnp.log(m))
     )
 
@@ -164,8 +159,8 @@ def upsample_sample_posterior(x: Array, repeats, b: Array, log_diag_cov: Array, 
     eps = jr.normal(key, mu.shape, x.dtype)
     z = mu + eps * jax.lax.rsqrt(m)
     log_hx = _up_log_hx(r, repeats, log_diag_cov, mu, m, inv_var)
-    log_pxgz = diag_gaussian_log_prob(x, upsample(z, repeats) + b, log_diag_cov)
-    log_qzgx = -0.5 * jnp.sum(eps**2) - 0.5 * eps.size * _LOG_2PI + 0.5 * jnp.sum(jnp.log(m))
+    log_pxgz = diag_gaussian_log_prob(x, upsample(z, repeats) + b, 0.5 * log_diag_cov)
+    log_qzgx = -0.5 * jnp.sum(eps**2) - 0.5 * eps.size * LOG_2PI + 0.5 * jnp.sum(jnp.log(m))
     return NIFTerms(z, log_hx, log_pxgz, log_qzgx)
 
 

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped
 
-from .._flow import AbstractFlow, ShapeError, _check_input, capturing, child_scope, push, with_shapes
+from .._context import capturing, child_scope
+from .._flow import AbstractContainer, AbstractFlow, ShapeError, check_input, push, sample_from, with_shapes
+from .._maths import split_key
 from ._nif import AbstractNoisyInjective
 
 
@@ -54,7 +56,7 @@ class IWEstimates(NamedTuple):
     log_w: Array
 
 
-class ImportanceWeighted(AbstractFlow):
+class ImportanceWeighted(AbstractContainer):
     """Importance-weighted `log p(x)` for a noisy injective flow and its prior (NuX's
     `importance_weighted`).
 
@@ -94,8 +96,7 @@ class ImportanceWeighted(AbstractFlow):
     nif: AbstractFlow
     prior: AbstractFlow
     n_samples: int = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "container"
-    needs_key: ClassVar[bool] = True
+    forward_needs_key: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -195,7 +196,7 @@ class ImportanceWeighted(AbstractFlow):
 
         An [`nux_eqx.IWEstimates`][]; batch with `jax.vmap`.
         """
-        x = _check_input(self, x, False)
+        x = check_input(self, x, False)
         if key is None:
             raise ValueError(
                 "ImportanceWeighted.estimates needs a PRNG key: the importance samples are random."
@@ -209,7 +210,7 @@ class ImportanceWeighted(AbstractFlow):
         self, x: Shaped[Array, "..."], reverse: bool, *, key: PRNGKeyArray | None, cond: PyTree
     ) -> tuple[Shaped[Array, "..."], Shaped[Array, ""]]:
         if reverse:
-            k_prior, k_nif = (None, None) if key is None else tuple(jr.split(key))
+            k_prior, k_nif = split_key(key, 2)
             with child_scope("prior"):
                 z, c_prior = self.prior(x, True, key=k_prior, cond=cond)
             with child_scope("nif"):
@@ -218,13 +219,13 @@ class ImportanceWeighted(AbstractFlow):
         est = self._estimates(x, key, cond, self.n_samples, with_terms=False)
         return est.z, est.log_px_est
 
-    def can_sample(self) -> bool:
+    def children_can_sample(self) -> bool:
         return self.prior.can_sample()
 
     def sample_and_log_prob(self, key, *, cond=None, temperature=1.0):
         k_prior, k_nif = jr.split(key)
         with child_scope("prior"):
-            z, log_q = self.prior.sample_and_log_prob(k_prior, cond=cond, temperature=temperature)
+            z, log_q = sample_from(self.prior, k_prior, cond=cond, temperature=temperature)
         with child_scope("nif"):
             x, c = self.nif(z, True, key=k_nif, cond=cond)
         return x, log_q + c

@@ -4,7 +4,7 @@
 import abc
 import copy
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import equinox as eqx
 import jax
@@ -13,7 +13,9 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._flow import AbstractFlow, ShapeError, _check_input
+from .._checks import positive_int, vector_size
+from .._flow import AbstractInjective, ShapeError, check_input
+from .._maths import random_orthogonal
 from .._types import AnyShape, Cond, Key, Scalar
 from ..nn import cast_floating, default_network
 from ._gaussian_nif import (
@@ -29,7 +31,7 @@ from ._gaussian_nif import (
 _Out = Float[Array, "*out"]
 
 
-class AbstractNoisyInjective(AbstractFlow):
+class AbstractNoisyInjective(AbstractInjective):
     """Base class of the noisy injective flows (NIF, arXiv 2006.13070).
 
     A NIF is a generative model `p(x|z)` from a low-dimensional `z` to `x`, with the
@@ -57,10 +59,9 @@ class AbstractNoisyInjective(AbstractFlow):
     other noise, use [`nux_eqx.injective.with_noise_scale`][]`(flow, s)`, which returns a
     copy with every NIF's `s` replaced.
 
-    `layer_kind` is `"injective"`: `check_flow` checks the deterministic mode.
+    An [`nux_eqx.AbstractInjective`][]: `check_flow` checks the deterministic mode.
     """
 
-    layer_kind: ClassVar[str] = "injective"
     s: eqx.AbstractVar[float]
 
     @abc.abstractmethod
@@ -94,7 +95,7 @@ class AbstractNoisyInjective(AbstractFlow):
         A [`nux_eqx.NIFTerms`][] `(z, log_hx, log_pxgz, log_qzgx)`; `log_hx` is the
         layer's forward contribution.
         """
-        x = _check_input(self, x, False)
+        x = check_input(self, x, False)
         if key is None:
             raise ValueError(
                 f"{type(self).__name__}.nif_terms samples q(z|x) and needs a PRNG key; without one "
@@ -130,7 +131,7 @@ def with_noise_scale(flow, s: float):
     A copy of `flow` with `s` replaced in every
     [`nux_eqx.AbstractNoisyInjective`][] layer.
     """
-    s = _check_noise_scale("with_noise_scale", s)
+    s = check_noise_scale("with_noise_scale", s)
 
     def replace(leaf):
         if not isinstance(leaf, AbstractNoisyInjective):
@@ -142,7 +143,7 @@ def with_noise_scale(flow, s: float):
     return jax.tree.map(replace, flow, is_leaf=lambda v: isinstance(v, AbstractNoisyInjective))
 
 
-def _check_noise_scale(owner: str, s) -> float:
+def check_noise_scale(owner: str, s) -> float:
     try:
         s = float(s)
     except (TypeError, ValueError) as e:
@@ -153,11 +154,6 @@ def _check_noise_scale(owner: str, s) -> float:
             f"noise off), got {s}."
         )
     return s
-
-
-def _orthonormal(key, d: int, k: int, dtype) -> Array:
-    q, _ = jnp.linalg.qr(jr.normal(key, (d, k), dtype))
-    return q
 
 
 class TallAffineDiagCov(AbstractNoisyInjective):
@@ -187,29 +183,18 @@ class TallAffineDiagCov(AbstractNoisyInjective):
     s: float = eqx.field(static=True)
 
     def __init__(self, out_dim: int, *, s: float = 1.0):
-        self.s = _check_noise_scale("TallAffineDiagCov", s)
-        if int(out_dim) < 1:
-            raise ValueError(f"TallAffineDiagCov: out_dim must be >= 1, got {out_dim}.")
-        self.out_dim = int(out_dim)
+        self.s = check_noise_scale("TallAffineDiagCov", s)
+        self.out_dim = positive_int("TallAffineDiagCov", "out_dim", out_dim)
         self.A = None
         self.b = None
         self.log_diag_cov = None
 
     def init(self, x_batch, *, key, cond=None):
-        shape = tuple(x_batch.shape[1:])
-        if len(shape) != 1:
-            raise ShapeError(
-                f"TallAffineDiagCov takes vectors, got examples of shape {shape}; put `Flatten()` "
-                "before it (or use `UpSample` for images)."
-            )
-        d = shape[0]
-        if self.out_dim > d:
-            raise ShapeError(
-                f"TallAffineDiagCov: out_dim={self.out_dim} is larger than the input size {d}; "
-                f"a NIF goes down in dimension, so out_dim must be at most {d}."
-            )
+        d = vector_size(
+            "TallAffineDiagCov", x_batch, out_dim=self.out_dim, hint=" (or use `UpSample` for images)"
+        )
         dtype = x_batch.dtype
-        A = _orthonormal(key, d, self.out_dim, dtype)
+        A = random_orthogonal(key, d, self.out_dim, dtype)
         # two distinct buffers (a shared one breaks buffer donation in training steps)
         b, log_diag_cov = jnp.zeros((d,), dtype), jnp.zeros((d,), dtype)
         return eqx.tree_at(
@@ -236,7 +221,113 @@ def _order(n: int, kind: str) -> np.ndarray:
     return np.arange(n)
 
 
-class CouplingTallAffineDiagCov(AbstractNoisyInjective):
+class GaussianOps(NamedTuple):
+    """The closed forms of one kind of linear map `A` (its argument `op`: a matrix, or
+    upsampling factors), as `_gaussian_nif` implements them."""
+
+    apply: Callable  # (z, op) -> A z
+    sample_posterior: Callable  # (x, op, b, log_diag_cov, key) -> NIFTerms
+    pinv: Callable  # (x, op, b) -> (z, -½ log det(AᵀA))
+    log_hx: Callable  # (x, op, b, log_diag_cov) -> log h(x)
+
+
+class AbstractCouplingNIF(AbstractNoisyInjective):
+    """NuX's coupling Gaussian NIFs: `x` splits into `x1`, `x2` and `z` into `z1`, `z2`, and
+
+        p(x1, x2 | z1, z2) = N(x1 | A1 z1 + b1(x2), Σ1(x2)) · N(x2 | A2 z2 + b2(z1), Σ2(z1)),
+
+    with `network1` giving `(b1, log_diag_cov1)` from `x2` and `network2` giving
+    `(b2, log_diag_cov2)` from (features of) `z1`, each output split in halves along its
+    last axis. The stochastic inverse samples `z1 ~ q1(z1 | x)`, then `z2 ~ q2(z2 | x2, z1)`;
+    generation runs `x2` first, then `x1`. Without a key the forward map is the exact
+    pseudo-inverse and the contribution `-½ log det(JᵀJ)` of the generator's Jacobian.
+
+    A subclass gives the splits, the maps `A_i` (`_op`, `gaussian`) and the features of
+    `z1` that `network2` reads.
+    """
+
+    network1: eqx.AbstractVar[eqx.Module | None]
+    network2: eqx.AbstractVar[eqx.Module | None]
+    gaussian: eqx.AbstractClassVar[GaussianOps]
+
+    @abc.abstractmethod
+    def _split_x(self, x: Array) -> tuple[Array, Array]:
+        """`x -> (x1, x2)`."""
+
+    @abc.abstractmethod
+    def _split_z(self, z: Array) -> tuple[Array, Array]:
+        """`z -> (z1, z2)`."""
+
+    @abc.abstractmethod
+    def _join(self, v1: Array, v2: Array) -> Array:
+        """The inverse of both splits."""
+
+    @abc.abstractmethod
+    def _op(self, i: int):
+        """The argument of `gaussian`'s functions for stage `i` (0 or 1)."""
+
+    @abc.abstractmethod
+    def _z1_features(self, z1: Array) -> Array:
+        """The input of `network2`."""
+
+    @staticmethod
+    def _params(net, v: Array) -> tuple[Array, Array]:
+        h = net(v)
+        n = h.shape[-1] // 2
+        return h[..., :n], bounded_log_cov(h[..., n:])
+
+    def _sample_posterior(self, x, key):
+        g = self.gaussian
+        k1, k2 = jr.split(key)
+        x1, x2 = self._split_x(x)
+        b1, lc1 = self._params(self.network1, x2)
+        t1 = g.sample_posterior(x1, self._op(0), b1, lc1, k1)
+        b2, lc2 = self._params(self.network2, self._z1_features(t1.z))
+        t2 = g.sample_posterior(x2, self._op(1), b2, lc2, k2)
+        return add_terms(t1, t2, self._join(t1.z, t2.z))
+
+    def _mean_generator(self, z):
+        g = self.gaussian
+        z1, z2 = self._split_z(z)
+        b2, _ = self._params(self.network2, self._z1_features(z1))
+        x2 = g.apply(z2, self._op(1)) + b2
+        b1, _ = self._params(self.network1, x2)
+        return self._join(g.apply(z1, self._op(0)) + b1, x2)
+
+    def _pinv(self, x):
+        g = self.gaussian
+        x1, x2 = self._split_x(x)
+        b1, _ = self._params(self.network1, x2)
+        z1, _ = g.pinv(x1, self._op(0), b1)
+        b2, _ = self._params(self.network2, self._z1_features(z1))
+        z2, _ = g.pinv(x2, self._op(1), b2)
+        z = self._join(z1, z2)
+        return z, -tall_half_logdet(self._mean_generator, z)
+
+    def _generate(self, z, key):
+        if key is None:
+            return self._mean_generator(z), -tall_half_logdet(self._mean_generator, z)
+        g = self.gaussian
+        k1, k2 = jr.split(key)
+        z1, z2 = self._split_z(z)
+        b2, lc2 = self._params(self.network2, self._z1_features(z1))
+        x2 = g.apply(z2, self._op(1)) + b2
+        x2 = x2 + self.s * jnp.exp(0.5 * lc2) * jr.normal(k2, x2.shape, x2.dtype)
+        b1, lc1 = self._params(self.network1, x2)
+        x1 = g.apply(z1, self._op(0)) + b1
+        x1 = x1 + self.s * jnp.exp(0.5 * lc1) * jr.normal(k1, x1.shape, x1.dtype)
+        c = g.log_hx(x1, self._op(0), b1, lc1) + g.log_hx(x2, self._op(1), b2, lc2)
+        return self._join(x1, x2), c
+
+
+def _dense_apply(z: Array, A: Array) -> Array:
+    return A @ z
+
+
+DENSE = GaussianOps(_dense_apply, dense_sample_posterior, dense_pinv, dense_log_hx)
+
+
+class CouplingTallAffineDiagCov(AbstractCouplingNIF):
     """NuX's coupling Gaussian NIF, for vectors.
 
     `x` (size `D`) is split into `x1` (`D // 2` features) and `x2`, `z` (size `out_dim`)
@@ -287,7 +378,7 @@ class CouplingTallAffineDiagCov(AbstractNoisyInjective):
         *,
         s: float = 1.0,
     ):
-        self.s = _check_noise_scale("CouplingTallAffineDiagCov", s)
+        self.s = check_noise_scale("CouplingTallAffineDiagCov", s)
         if int(out_dim) < 2:
             raise ValueError(
                 f"CouplingTallAffineDiagCov: out_dim must be >= 2 (z is split in two), got {out_dim}."
@@ -303,18 +394,10 @@ class CouplingTallAffineDiagCov(AbstractNoisyInjective):
         self.A1 = self.A2 = self.network1 = self.network2 = None
 
     def init(self, x_batch, *, key, cond=None):
-        shape = tuple(x_batch.shape[1:])
-        if len(shape) != 1:
-            raise ShapeError(
-                f"CouplingTallAffineDiagCov takes vectors, got examples of shape {shape}; put "
-                "`Flatten()` before it (or use `CouplingUpSample` for images)."
-            )
-        d, k = shape[0], self.out_dim
-        if k > d:
-            raise ShapeError(
-                f"CouplingTallAffineDiagCov: out_dim={k} is larger than the input size {d}; it must "
-                f"be at most {d}."
-            )
+        k = self.out_dim
+        d = vector_size(
+            "CouplingTallAffineDiagCov", x_batch, out_dim=k, hint=" (or use `CouplingUpSample` for images)"
+        )
         d1, k1 = d // 2, k // 2
         d2, k2 = d - d1, k - k1
         ka1, ka2, kn1, kn2 = jr.split(key, 4)
@@ -331,65 +414,30 @@ class CouplingTallAffineDiagCov(AbstractNoisyInjective):
                     f"CouplingTallAffineDiagCov: the network maps {(i,)} to {out.shape}, expected {(2 * o,)}."
                 )
             nets.append(cast_floating(net, dtype))
-        params = (_orthonormal(ka1, d1, k1, dtype), _orthonormal(ka2, d2, k2, dtype), *nets)
+        params = (random_orthogonal(ka1, d1, k1, dtype), random_orthogonal(ka2, d2, k2, dtype), *nets)
         return eqx.tree_at(
             lambda s: (s.A1, s.A2, s.network1, s.network2), self, params, is_leaf=lambda v: v is None
         )
 
-    # ---- helpers ----
+    # ---- the coupling ----
+    gaussian: ClassVar[GaussianOps] = DENSE
+
     def _split(self, v: Array, n1: int) -> tuple[Array, Array]:
         v = v[_order(v.shape[0], self.kind)]
         return v[:n1], v[n1:]
+
+    def _split_x(self, x):
+        return self._split(x, x.shape[0] // 2)
+
+    def _split_z(self, z):
+        return self._split(z, self.out_dim // 2)
 
     def _join(self, v1: Array, v2: Array) -> Array:
         v = jnp.concatenate([v1, v2])
         return v[np.argsort(_order(v.shape[0], self.kind))]
 
-    def _cond1(self, x2):
-        h = self.network1(x2)
-        n = h.shape[0] // 2
-        return h[:n], bounded_log_cov(h[n:])
+    def _op(self, i):
+        return (self.A1, self.A2)[i]
 
-    def _cond2(self, z1):
-        h = self.network2(z1)
-        n = h.shape[0] // 2
-        return h[:n], bounded_log_cov(h[n:])
-
-    def _sample_posterior(self, x, key):
-        k1, k2 = jr.split(key)
-        x1, x2 = self._split(x, x.shape[0] // 2)
-        b1, lc1 = self._cond1(x2)
-        t1 = dense_sample_posterior(x1, self.A1, b1, lc1, k1)
-        b2, lc2 = self._cond2(t1.z)
-        t2 = dense_sample_posterior(x2, self.A2, b2, lc2, k2)
-        return add_terms(t1, t2, self._join(t1.z, t2.z))
-
-    def _mean_generator(self, z):
-        z1, z2 = self._split(z, self.out_dim // 2)
-        b2, _ = self._cond2(z1)
-        x2 = self.A2 @ z2 + b2
-        b1, _ = self._cond1(x2)
-        return self._join(self.A1 @ z1 + b1, x2)
-
-    def _pinv(self, x):
-        x1, x2 = self._split(x, x.shape[0] // 2)
-        b1, _ = self._cond1(x2)
-        z1, _ = dense_pinv(x1, self.A1, b1)
-        b2, _ = self._cond2(z1)
-        z2, _ = dense_pinv(x2, self.A2, b2)
-        z = self._join(z1, z2)
-        return z, -tall_half_logdet(self._mean_generator, z)
-
-    def _generate(self, z, key):
-        if key is None:
-            return self._mean_generator(z), -tall_half_logdet(self._mean_generator, z)
-        k1, k2 = jr.split(key)
-        z1, z2 = self._split(z, self.out_dim // 2)
-        b2, lc2 = self._cond2(z1)
-        x2 = self.A2 @ z2 + b2
-        x2 = x2 + self.s * jnp.exp(0.5 * lc2) * jr.normal(k2, x2.shape, x2.dtype)
-        b1, lc1 = self._cond1(x2)
-        x1 = self.A1 @ z1 + b1
-        x1 = x1 + self.s * jnp.exp(0.5 * lc1) * jr.normal(k1, x1.shape, x1.dtype)
-        c = dense_log_hx(x1, self.A1, b1, lc1) + dense_log_hx(x2, self.A2, b2, lc2)
-        return self._join(x1, x2), c
+    def _z1_features(self, z1):
+        return z1

@@ -1,6 +1,7 @@
 """Nearest-neighbour upsampling NIFs: `UpSample` and `CouplingUpSample`."""
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -9,18 +10,17 @@ import jax.random as jr
 from jaxtyping import Array
 
 from .._flow import ShapeError
-from ..bijective._reshape import squeeze, unsqueeze
+from .._maths import depth_to_space, space_to_depth
 from ..nn import cast_floating, default_network
 from ._gaussian_nif import (
-    add_terms,
-    bounded_log_cov,
-    tall_half_logdet,
     upsample,
     upsample_log_hx,
     upsample_pinv,
     upsample_sample_posterior,
 )
-from ._nif import AbstractNoisyInjective, _check_noise_scale
+from ._nif import AbstractCouplingNIF, AbstractNoisyInjective, GaussianOps, check_noise_scale
+
+UPSAMPLE = GaussianOps(upsample, upsample_sample_posterior, upsample_pinv, upsample_log_hx)
 
 
 def _check_repeats(owner: str, repeats) -> tuple[int, ...]:
@@ -62,7 +62,7 @@ class UpSample(AbstractNoisyInjective):
     s: float = eqx.field(static=True)
 
     def __init__(self, repeats: tuple[int, ...] = (2, 2, 1), *, s: float = 1.0):
-        self.s = _check_noise_scale("UpSample", s)
+        self.s = check_noise_scale("UpSample", s)
         self.repeats = _check_repeats("UpSample", repeats)
         self.b = None
         self.log_diag_cov = None
@@ -101,7 +101,7 @@ class UpSample(AbstractNoisyInjective):
         return x, upsample_log_hx(x, reps, self.b, self.log_diag_cov)
 
 
-class CouplingUpSample(AbstractNoisyInjective):
+class CouplingUpSample(AbstractCouplingNIF):
     """NuX's coupling version of [`nux_eqx.UpSample`][], for `(h, w, c)` images.
 
     `x` is squeezed (2x2 space-to-depth, as `Squeeze()`) to `(h/2, w/2, 4c)` and split
@@ -145,7 +145,7 @@ class CouplingUpSample(AbstractNoisyInjective):
         *,
         s: float = 1.0,
     ):
-        self.s = _check_noise_scale("CouplingUpSample", s)
+        self.s = check_noise_scale("CouplingUpSample", s)
         reps = _check_repeats("CouplingUpSample", repeats)
         if len(reps) > 3:
             raise ValueError(f"CouplingUpSample: repeats has at most 3 axes (h, w, c), got {reps}.")
@@ -180,58 +180,26 @@ class CouplingUpSample(AbstractNoisyInjective):
             nets.append(cast_floating(net, x_batch.dtype))
         return eqx.tree_at(lambda s: (s.network1, s.network2), self, tuple(nets), is_leaf=lambda v: v is None)
 
-    # ---- helpers ----
+    # ---- the coupling ----
+    gaussian: ClassVar[GaussianOps] = UPSAMPLE
+
     @staticmethod
     def _halves(v):
-        s = squeeze(v)
+        s = space_to_depth(v)
         n = s.shape[-1] // 2
         return s[..., :n], s[..., n:]
 
-    @staticmethod
-    def _whole(v1, v2):
-        return unsqueeze(jnp.concatenate([v1, v2], axis=-1))
+    def _split_x(self, x):
+        return self._halves(x)
 
-    @staticmethod
-    def _params(net, v):
-        h = net(v)
-        n = h.shape[-1] // 2
-        return h[..., :n], bounded_log_cov(h[..., n:])
+    def _split_z(self, z):
+        return self._halves(z)
 
-    def _sample_posterior(self, x, key):
-        k1, k2 = jr.split(key)
-        x1, x2 = self._halves(x)
-        b1, lc1 = self._params(self.network1, x2)
-        t1 = upsample_sample_posterior(x1, self.repeats, b1, lc1, k1)
-        b2, lc2 = self._params(self.network2, upsample(t1.z, self.repeats))
-        t2 = upsample_sample_posterior(x2, self.repeats, b2, lc2, k2)
-        return add_terms(t1, t2, self._whole(t1.z, t2.z))
+    def _join(self, v1, v2):
+        return depth_to_space(jnp.concatenate([v1, v2], axis=-1))
 
-    def _mean_generator(self, z):
-        z1, z2 = self._halves(z)
-        b2, _ = self._params(self.network2, upsample(z1, self.repeats))
-        x2 = upsample(z2, self.repeats) + b2
-        b1, _ = self._params(self.network1, x2)
-        return self._whole(upsample(z1, self.repeats) + b1, x2)
+    def _op(self, i):
+        return self.repeats
 
-    def _pinv(self, x):
-        x1, x2 = self._halves(x)
-        b1, _ = self._params(self.network1, x2)
-        z1, _ = upsample_pinv(x1, self.repeats, b1)
-        b2, _ = self._params(self.network2, upsample(z1, self.repeats))
-        z2, _ = upsample_pinv(x2, self.repeats, b2)
-        z = self._whole(z1, z2)
-        return z, -tall_half_logdet(self._mean_generator, z)
-
-    def _generate(self, z, key):
-        if key is None:
-            return self._mean_generator(z), -tall_half_logdet(self._mean_generator, z)
-        k1, k2 = jr.split(key)
-        z1, z2 = self._halves(z)
-        b2, lc2 = self._params(self.network2, upsample(z1, self.repeats))
-        x2 = upsample(z2, self.repeats) + b2
-        x2 = x2 + self.s * jnp.exp(0.5 * lc2) * jr.normal(k2, x2.shape, x2.dtype)
-        b1, lc1 = self._params(self.network1, x2)
-        x1 = upsample(z1, self.repeats) + b1
-        x1 = x1 + self.s * jnp.exp(0.5 * lc1) * jr.normal(k1, x1.shape, x1.dtype)
-        c = upsample_log_hx(x1, self.repeats, b1, lc1) + upsample_log_hx(x2, self.repeats, b2, lc2)
-        return self._whole(x1, x2), c
+    def _z1_features(self, z1):
+        return upsample(z1, self.repeats)

@@ -1,5 +1,6 @@
 """Conditioner networks (channels-last, one example at a time)."""
 
+from .._context import loop_body as loop_body
 from ._nets import (
     MLP as MLP,
 )
@@ -20,9 +21,6 @@ from ._nets import (
 )
 from ._nets import (
     default_network as default_network,
-)
-from ._nets import (
-    loop_body as loop_body,
 )
 from ._spectral import (
     SpectralNorm as SpectralNorm,

@@ -1,8 +1,6 @@
 """Conditioner networks. Each acts on ONE example and keeps every non-array field static,
 so plain `jax.jit` works on flows that hold them."""
 
-import contextlib
-import contextvars
 import math
 from collections.abc import Callable, Sequence
 
@@ -12,7 +10,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from .._context import set_flag
+from .._context import LOOP_BODY
 
 
 class Linear(eqx.Module):
@@ -114,38 +112,12 @@ class Conv2d(eqx.Module):
         self.bias = jnp.zeros((out_channels,))
 
     def __call__(self, x: Float[Array, "h w cin"]) -> Float[Array, "h w cout"]:
-        if _LOOP_BODY.get() and jax.default_backend() == "cpu":
+        if LOOP_BODY.get() and jax.default_backend() == "cpu":
             return _conv_im2col(x, self.weight) + self.bias
         y = jax.lax.conv_general_dilated(
             x[None], self.weight, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
         )[0]
         return y + self.bias
-
-
-# Inside a loop body (`Repeat`'s scan) XLA:CPU runs a convolution's weight gradient ~100x
-# slower than outside one; a matmul over image patches runs at full speed there. The flag
-# is read while tracing, so it selects the form of the compiled step.
-_LOOP_BODY: contextvars.ContextVar[bool] = contextvars.ContextVar("nux_eqx_loop_body", default=False)
-
-
-@contextlib.contextmanager
-def loop_body():
-    """A context manager: trace the enclosed code as the body of a loop.
-
-    On the CPU backend, [`nux_eqx.nn.Conv2d`][] then computes its convolution as a matmul
-    over image patches (im2col), whose gradients XLA:CPU runs fast inside a loop (its
-    convolution weight gradient is ~100x slower there). The result is the same
-    convolution. [`nux_eqx.Repeat`][] traces its scanned blocks in it; use it in your own
-    `lax.scan` over layers that hold `Conv2d`s:
-
-    <!-- not-run: a sketch; body, carry and stacked_params are yours -->
-    ```python
-    with nux.nn.loop_body():
-        carry, _ = jax.lax.scan(body, carry, stacked_params)
-    ```
-    """
-    with set_flag(_LOOP_BODY, True):
-        yield
 
 
 def _conv_im2col(x: Array, w: Array) -> Array:

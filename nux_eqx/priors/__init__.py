@@ -1,5 +1,6 @@
 """Priors: the latent end of a flow."""
 
+from .._maths import std_normal_log_prob as std_normal_log_prob
 from ._gaussian import (
     AffineGaussianPriorDiagCov as AffineGaussianPriorDiagCov,
 )
@@ -8,9 +9,6 @@ from ._gaussian import (
 )
 from ._gaussian import (
     UnitGaussianPrior as UnitGaussianPrior,
-)
-from ._gaussian import (
-    std_normal_log_prob as std_normal_log_prob,
 )
 from ._more import AffineGaussianPriorFullCov as AffineGaussianPriorFullCov
 from ._more import DiagGaussianPrior as DiagGaussianPrior

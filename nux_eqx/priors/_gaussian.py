@@ -1,6 +1,5 @@
 """Gaussian priors: `UnitGaussianPrior`, `ConditionalGaussianPrior`, `AffineGaussianPriorDiagCov`."""
 
-import math
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -10,26 +9,19 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float
 
-from .._flow import AbstractFlow, ShapeError
+from .._checks import positive_int, vector_size
+from .._flow import AbstractPrior, ShapeError
+from .._maths import LOG_2PI, random_orthogonal, std_normal_log_prob
 from .._types import AnyShape, Cond, Key, Scalar, Vector
 from ..nn import cast_floating, cond_features, default_network
 
-_LOG_2PI = math.log(2 * math.pi)
 
-
-def std_normal_log_prob(z: Array) -> Array:
-    """`log N(z; 0, I)`, summed over every element of `z`."""
-    return -0.5 * jnp.sum(z**2) - 0.5 * z.size * _LOG_2PI
-
-
-class UnitGaussianPrior(AbstractFlow):
+class UnitGaussianPrior(AbstractPrior):
     """The standard normal prior `N(0, I)` (NuX's `UnitGaussianPrior`).
 
     Forward and reverse pass `z` through unchanged with contribution `log N(z; 0, I)`.
     [`nux_eqx.sample`][] draws `z = temperature * eps`.
     """
-
-    layer_kind: ClassVar[str] = "prior"
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         return x, std_normal_log_prob(x)
@@ -39,7 +31,7 @@ class UnitGaussianPrior(AbstractFlow):
         return self(z, True, key=None, cond=cond)
 
 
-class ConditionalGaussianPrior(AbstractFlow):
+class ConditionalGaussianPrior(AbstractPrior):
     """A diagonal Gaussian whose mean and log-scale come from a network of `cond`.
 
     Glow's prior on the factored-out half: inside `ChainRule` it reads
@@ -60,7 +52,6 @@ class ConditionalGaussianPrior(AbstractFlow):
     network_factory: Callable | None = eqx.field(static=True)
     feature_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
     """The shape of one example's conditioning features, recorded by `init`."""
-    layer_kind: ClassVar[str] = "prior"
     needs_cond: ClassVar[bool] = True
 
     def __init__(
@@ -123,7 +114,7 @@ class ConditionalGaussianPrior(AbstractFlow):
         return self(z, True, key=None, cond=cond)
 
 
-class AffineGaussianPriorDiagCov(AbstractFlow):
+class AffineGaussianPriorDiagCov(AbstractPrior):
     """NuX's low-dimensional prior: `p(x) = ∫ N(z; 0, I) N(x; A z, diag(exp(log_diag_cov))) dz`.
 
     `x` is a vector of size `D` and `z` of size `out_dim <= D` (use `Flatten()` first
@@ -141,31 +132,15 @@ class AffineGaussianPriorDiagCov(AbstractFlow):
     A: Float[Array, "d k"] | None
     log_diag_cov: Float[Array, " d"] | None
     out_dim: int = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "prior"
 
     def __init__(self, out_dim: int):
-        if int(out_dim) < 1:
-            raise ValueError(f"AffineGaussianPriorDiagCov: out_dim must be >= 1, got {out_dim}.")
-        self.out_dim = int(out_dim)
-        self.A = None
-        self.log_diag_cov = None
+        self.out_dim = positive_int("AffineGaussianPriorDiagCov", "out_dim", out_dim)
+        self.A = self.log_diag_cov = None
 
     def init(self, x_batch, *, key, cond=None):
-        shape = x_batch.shape[1:]
-        if len(shape) != 1:
-            raise ShapeError(
-                f"AffineGaussianPriorDiagCov takes vectors, got examples of shape {shape}; put "
-                "`Flatten()` before it."
-            )
-        d = shape[0]
-        if self.out_dim > d:
-            raise ShapeError(
-                f"AffineGaussianPriorDiagCov: out_dim={self.out_dim} is larger than the input "
-                f"size {d}; it must be at most {d}."
-            )
+        d = vector_size("AffineGaussianPriorDiagCov", x_batch, out_dim=self.out_dim)
         # Orthonormal columns (NuX whitened A), scaled to the data's spread.
-        q, _ = jnp.linalg.qr(jr.normal(key, (d, self.out_dim), x_batch.dtype))
-        A = q
+        A = random_orthogonal(key, d, self.out_dim, x_batch.dtype)
         log_diag_cov = jnp.zeros((d,), x_batch.dtype)
         return eqx.tree_at(
             lambda s: (s.A, s.log_diag_cov), self, (A, log_diag_cov), is_leaf=lambda v: v is None
@@ -183,7 +158,7 @@ class AffineGaussianPriorDiagCov(AbstractFlow):
         y = jax.scipy.linalg.solve_triangular(L, b, lower=True)
         quad = jnp.sum(x**2 * inv_var) - jnp.sum(y**2)
         logdet = 2 * jnp.sum(jnp.log(jnp.diag(L))) + jnp.sum(self.log_diag_cov)
-        return -0.5 * (quad + logdet + x.shape[0] * _LOG_2PI)
+        return -0.5 * (quad + logdet + x.shape[0] * LOG_2PI)
 
     def transform(
         self, x: Vector, reverse: bool, *, key: Key, cond: Cond

@@ -9,7 +9,6 @@ log-density of the untempered model at the sample.
 
 import math
 from collections.abc import Mapping
-from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -18,27 +17,18 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from .._flow import AbstractFlow, ShapeError
+from .._checks import positive_int, vector_size
+from .._flow import AbstractPrior, ShapeError
+from .._maths import LOG_2PI, diag_gaussian_log_prob, random_orthogonal
 from .._types import AnyShape, Cond, Key, Scalar, Vector
 from ..nn._nets import LABEL_KEY
-
-_LOG_2PI = math.log(2 * math.pi)
-
-
-def _diag_gaussian_log_prob(x: Array, mean: Array, log_scale: Array) -> Array:
-    """`log N(x; mean, diag(exp(2 log_scale)))`, summed over the trailing `x.ndim` axes
-    (so `mean` and `log_scale` may carry leading component axes)."""
-    eps = (x - mean) * jnp.exp(-log_scale)
-    axes = tuple(range(eps.ndim - x.ndim, eps.ndim))
-    return jnp.sum(-0.5 * eps**2 - log_scale, axis=axes) - 0.5 * x.size * _LOG_2PI
-
 
 # --------------------------------------------------------------------------------------
 # Gaussians.
 # --------------------------------------------------------------------------------------
 
 
-class DiagGaussianPrior(AbstractFlow):
+class DiagGaussianPrior(AbstractPrior):
     """A Gaussian prior with a learned mean and log-scale per element:
     `log p(x) = sum_i log N(x_i; mean_i, exp(log_scale_i)^2)`.
 
@@ -48,7 +38,6 @@ class DiagGaussianPrior(AbstractFlow):
 
     mean: AnyShape | None
     log_scale: AnyShape | None
-    layer_kind: ClassVar[str] = "prior"
 
     def __init__(self):
         self.mean = None
@@ -64,7 +53,7 @@ class DiagGaussianPrior(AbstractFlow):
         )
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
-        return x, _diag_gaussian_log_prob(x, self.mean, self.log_scale)
+        return x, diag_gaussian_log_prob(x, self.mean, self.log_scale)
 
     def sample_and_log_prob(self, key, *, cond=None, temperature=1.0):
         eps = jr.normal(key, self.in_shape, self.mean.dtype)
@@ -72,7 +61,7 @@ class DiagGaussianPrior(AbstractFlow):
         return self(z, True, key=None, cond=cond)
 
 
-class AffineGaussianPriorFullCov(AbstractFlow):
+class AffineGaussianPriorFullCov(AbstractPrior):
     """NuX's low-dimensional prior with a full noise covariance (broken in NuX, working
     here): `p(x) = ∫ N(z; 0, I) N(x; A z, L Lᵀ) dz = N(x; 0, A Aᵀ + L Lᵀ)`.
 
@@ -94,29 +83,14 @@ class AffineGaussianPriorFullCov(AbstractFlow):
     A: Float[Array, "d k"] | None
     cov_tril: Float[Array, " n"] | None
     out_dim: int = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "prior"
 
     def __init__(self, out_dim: int):
-        if int(out_dim) < 1:
-            raise ValueError(f"AffineGaussianPriorFullCov: out_dim must be >= 1, got {out_dim}.")
-        self.out_dim = int(out_dim)
-        self.A = None
-        self.cov_tril = None
+        self.out_dim = positive_int("AffineGaussianPriorFullCov", "out_dim", out_dim)
+        self.A = self.cov_tril = None
 
     def init(self, x_batch, *, key, cond=None):
-        shape = x_batch.shape[1:]
-        if len(shape) != 1:
-            raise ShapeError(
-                f"AffineGaussianPriorFullCov takes vectors, got examples of shape {shape}; put "
-                "`Flatten()` before it."
-            )
-        d = shape[0]
-        if self.out_dim > d:
-            raise ShapeError(
-                f"AffineGaussianPriorFullCov: out_dim={self.out_dim} is larger than the input "
-                f"size {d}; it must be at most {d}."
-            )
-        A, _ = jnp.linalg.qr(jr.normal(key, (d, self.out_dim), x_batch.dtype))
+        d = vector_size("AffineGaussianPriorFullCov", x_batch, out_dim=self.out_dim)
+        A = random_orthogonal(key, d, self.out_dim, x_batch.dtype)
         cov_tril = jnp.zeros((d * (d + 1) // 2,), x_batch.dtype)
         return eqx.tree_at(lambda s: (s.A, s.cov_tril), self, (A, cov_tril), is_leaf=lambda v: v is None)
 
@@ -145,7 +119,7 @@ class AffineGaussianPriorFullCov(AbstractFlow):
         y = jax.scipy.linalg.solve_triangular(C, B.T @ xt, lower=True)
         quad = jnp.sum(xt**2) - jnp.sum(y**2)
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(L))) + 2 * jnp.sum(jnp.log(jnp.diagonal(C)))
-        return -0.5 * (quad + logdet + x.shape[0] * _LOG_2PI)
+        return -0.5 * (quad + logdet + x.shape[0] * LOG_2PI)
 
     def transform(
         self, x: Vector, reverse: bool, *, key: Key, cond: Cond
@@ -217,7 +191,7 @@ def _label_of(owner: str, cond, n_classes: int, label_key: str | None = LABEL_KE
     )
 
 
-class GMMPrior(AbstractFlow):
+class GMMPrior(AbstractPrior):
     """NuX's classification prior: a Gaussian mixture with one diagonal component per class
     and a uniform class prior `p(y) = 1 / K`.
 
@@ -252,17 +226,13 @@ class GMMPrior(AbstractFlow):
     log_scales: Float[Array, " k *shape"] | None
     n_classes: int = eqx.field(static=True)
     label_key: str | None = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "prior"
 
     def __init__(self, n_classes: int, *, label_key: str | None = LABEL_KEY):
-        if int(n_classes) < 1:
-            raise ValueError(f"GMMPrior: n_classes must be >= 1, got {n_classes}.")
         if label_key is not None and not isinstance(label_key, str):
             raise TypeError(f"GMMPrior: label_key must be a string or None, got {label_key!r}.")
-        self.n_classes = int(n_classes)
+        self.n_classes = positive_int("GMMPrior", "n_classes", n_classes)
         self.label_key = label_key
-        self.means = None
-        self.log_scales = None
+        self.means = self.log_scales = None
 
     def init(self, x_batch, *, key, cond=None):
         shape, dtype = x_batch.shape[1:], x_batch.dtype
@@ -288,7 +258,7 @@ class GMMPrior(AbstractFlow):
         )
 
     def _component_log_probs(self, x):
-        return _diag_gaussian_log_prob(x, self.means, self.log_scales)  # (K,)
+        return diag_gaussian_log_prob(x, self.means, self.log_scales)  # (K,)
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         y = _label_of("GMMPrior", cond, self.n_classes, self.label_key)
@@ -335,7 +305,7 @@ class GMMPrior(AbstractFlow):
         return self(z, True, key=None, cond=cond)
 
 
-class MixtureGaussianPrior(AbstractFlow):
+class MixtureGaussianPrior(AbstractPrior):
     """A learned mixture of `K` diagonal Gaussians over the whole example:
     `log p(x) = logsumexp_k [log w_k + log N(x; mean_k, diag(exp(2 log_scale_k)))]` with
     `w = softmax(logits)`.
@@ -352,12 +322,9 @@ class MixtureGaussianPrior(AbstractFlow):
     means: Float[Array, " k *shape"] | None
     log_scales: Float[Array, " k *shape"] | None
     K: int = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "prior"
 
     def __init__(self, K: int = 4):
-        if int(K) < 1:
-            raise ValueError(f"MixtureGaussianPrior: K must be >= 1, got {K}.")
-        self.K = int(K)
+        self.K = positive_int("MixtureGaussianPrior", "K", K)
         self.logits = None
         self.means = None
         self.log_scales = None
@@ -374,7 +341,7 @@ class MixtureGaussianPrior(AbstractFlow):
         )
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
-        comp = _diag_gaussian_log_prob(x, self.means, self.log_scales)
+        comp = diag_gaussian_log_prob(x, self.means, self.log_scales)
         return x, jax.nn.logsumexp(jax.nn.log_softmax(self.logits) + comp)
 
     def sample_and_log_prob(self, key, *, cond=None, temperature=1.0):
@@ -390,7 +357,7 @@ class MixtureGaussianPrior(AbstractFlow):
 # --------------------------------------------------------------------------------------
 
 
-class UniformDirichletPrior(AbstractFlow):
+class UniformDirichletPrior(AbstractPrior):
     """A (symmetric) Dirichlet prior on the probability simplex, uniform by default.
 
     **The input** is a vector of size `K - 1`: the first `K - 1` coordinates of a point of
@@ -427,7 +394,6 @@ class UniformDirichletPrior(AbstractFlow):
 
     alpha_scale: float = eqx.field(static=True)
     K: int | None = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "prior"
 
     def __init__(self, alpha_scale: float = 1.0, *, K: int | None = None):
         alpha_scale = float(alpha_scale)
@@ -487,15 +453,13 @@ class UniformDirichletPrior(AbstractFlow):
         return self(p[:-1], True, key=None, cond=cond)
 
 
-class LogisticPrior(AbstractFlow):
+class LogisticPrior(AbstractPrior):
     """The standard logistic prior, independent per element:
     `log p(x) = sum_i -x_i - 2 log(1 + exp(-x_i))`.
 
     Sampling draws `temperature * logistic noise`. Heavier tails than `N(0, I)`; after a
     `Sigmoid`, it is the uniform distribution on `(0, 1)`.
     """
-
-    layer_kind: ClassVar[str] = "prior"
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         return x, jnp.sum(-x - 2 * jax.nn.softplus(-x))
@@ -505,7 +469,7 @@ class LogisticPrior(AbstractFlow):
         return self(z, True, key=None, cond=cond)
 
 
-class StudentTPrior(AbstractFlow):
+class StudentTPrior(AbstractPrior):
     """The standard Student-t prior with `df` degrees of freedom, independent per element:
     `log p(x) = sum_i log Γ((ν+1)/2) - log Γ(ν/2) - ½ log(νπ) - (ν+1)/2 log(1 + x_i²/ν)`.
 
@@ -517,7 +481,6 @@ class StudentTPrior(AbstractFlow):
     """
 
     df: float = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "prior"
 
     def __init__(self, df: float = 5.0):
         df = float(df)

@@ -1,7 +1,6 @@
 """Shared helpers of the surjective layers: conditioner networks and conditional
 Gaussians."""
 
-import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -11,8 +10,6 @@ from jaxtyping import Array, PyTree
 from .._containers import ChainRuleCond
 from .._flow import ShapeError
 from ..nn import cast_floating, cond_features, default_network
-
-LOG_2PI = math.log(2 * math.pi)
 
 
 def features(primary: Array, cond: PyTree, like: tuple[int, ...]) -> Array:
@@ -54,18 +51,3 @@ def build_network(
 
 def network_dtype(net) -> jnp.dtype:
     return jax.tree.leaves(net)[0].dtype
-
-
-def gaussian_log_prob(x: Array, mean: Array, log_scale: Array) -> Array:
-    """`log N(x; mean, diag(exp(2 log_scale)))` summed over every element."""
-    eps = (x - mean) * jnp.exp(-log_scale)
-    return jnp.sum(-0.5 * eps**2 - log_scale) - 0.5 * x.size * LOG_2PI
-
-
-def need_key(owner: str, key) -> None:
-    if key is None:
-        raise ValueError(
-            f"{owner} samples the values its forward pass discarded when run in reverse, so the "
-            "reverse direction needs a PRNG key: call it as `flow(z, True, key=jax.random.key(0))`, "
-            "or use `nux_eqx.sample(flow, key)`."
-        )

@@ -7,11 +7,11 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._flow import AbstractFlow
+from .._flow import AbstractSurjective
 from .._types import AnyShape, Cond, Key, Scalar
 
 
-class UniformDequantization(AbstractFlow):
+class UniformDequantization(AbstractSurjective):
     """NuX's uniform dequantisation: `z = (x + noise_scale * u) / scale` with
     `u ~ U[0, 1)^D`.
 
@@ -35,8 +35,7 @@ class UniformDequantization(AbstractFlow):
 
     scale: float = eqx.field(static=True)
     noise_scale: float = eqx.field(static=True, default=1.0)
-    layer_kind: ClassVar[str] = "surjective"
-    needs_key: ClassVar[bool] = True
+    forward_needs_key: ClassVar[bool] = True
 
     def __init__(self, scale: float = 256.0, *, noise_scale: float | None = None):
         scale = float(scale)

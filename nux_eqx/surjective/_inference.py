@@ -19,14 +19,13 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float
 
-from .._flow import AbstractFlow, ShapeError
+from .._flow import AbstractSurjective, ShapeError
+from .._maths import depth_to_space, diag_gaussian_log_prob, space_to_depth
 from .._types import AnyShape, Cond, Image, Key, Scalar
 from ._common import (
     batched_feature_shape,
     build_network,
     features,
-    gaussian_log_prob,
-    need_key,
     network_dtype,
 )
 
@@ -38,15 +37,15 @@ from ._common import (
 def _blocks(x: Array) -> Array:
     """`(h, w, c)` -> `(h/2, w/2, 4, c)`; block position `p = 2 * di + dj`."""
     h, w, c = x.shape
-    return x.reshape(h // 2, 2, w // 2, 2, c).transpose(0, 2, 1, 3, 4).reshape(h // 2, w // 2, 4, c)
+    return space_to_depth(x).reshape(h // 2, w // 2, 4, c)
 
 
 def _unblocks(b: Array) -> Array:
     h2, w2, _, c = b.shape
-    return b.reshape(h2, w2, 2, 2, c).transpose(0, 2, 1, 3, 4).reshape(2 * h2, 2 * w2, c)
+    return depth_to_space(b.reshape(h2, w2, 4 * c))
 
 
-class MaxPool(AbstractFlow):
+class MaxPool(AbstractSurjective):
     """SurVAE's max-pooling surjection: 2x2 max-pooling of `(h, w, c)` images, with an
     exact likelihood.
 
@@ -74,12 +73,13 @@ class MaxPool(AbstractFlow):
       log-scales (position-major).
     """
 
+    reverse_needs_key: ClassVar[bool] = True
+
     index_logits: Float[Array, "4 c"] | None
     log_scale: Float[Array, "4 c"] | None
     network: eqx.Module | None
     n_channels: int | None = eqx.field(static=True)
     network_factory: Callable | None = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "surjective"
 
     def __init__(self, n_channels: int | None = None, network_factory: Callable | None = None):
         if n_channels is not None and int(n_channels) < 1:
@@ -142,7 +142,6 @@ class MaxPool(AbstractFlow):
         self, x: Image, reverse: bool, *, key: Key, cond: Cond
     ) -> tuple[Float[Array, "_h _w c"], Scalar]:
         if reverse:
-            need_key("MaxPool", key)
             z = x
             logits, log_scale = self._params(z, cond)
             h2, w2, c = z.shape
@@ -167,7 +166,7 @@ class MaxPool(AbstractFlow):
 # --------------------------------------------------------------------------------------
 
 
-class Slice(AbstractFlow):
+class Slice(AbstractSurjective):
     """SurVAE's slice surjection: keep the first `keep` entries of the last axis, and score
     the dropped ones with a learned conditional Gaussian given the kept ones.
 
@@ -190,12 +189,13 @@ class Slice(AbstractFlow):
       log-scales.
     """
 
+    reverse_needs_key: ClassVar[bool] = True
+
     network: eqx.Module | None
     keep: int = eqx.field(static=True)
     hidden_layer_sizes: tuple[int, ...] = eqx.field(static=True)
     n_channels: int = eqx.field(static=True)
     network_factory: Callable | None = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "surjective"
 
     def __init__(
         self,
@@ -247,13 +247,12 @@ class Slice(AbstractFlow):
         self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond
     ) -> tuple[Float[Array, "..."], Scalar]:
         if reverse:
-            need_key("Slice", key)
             mean, log_scale = self.conditional(x, cond)
             x_drop = mean + jnp.exp(log_scale) * jr.normal(key, mean.shape, x.dtype)
-            return jnp.concatenate([x, x_drop], axis=-1), gaussian_log_prob(x_drop, mean, log_scale)
+            return jnp.concatenate([x, x_drop], axis=-1), diag_gaussian_log_prob(x_drop, mean, log_scale)
         x_keep, x_drop = x[..., : self.keep], x[..., self.keep :]
         mean, log_scale = self.conditional(x_keep, cond)
-        return x_keep, gaussian_log_prob(x_drop, mean, log_scale)
+        return x_keep, diag_gaussian_log_prob(x_drop, mean, log_scale)
 
 
 # --------------------------------------------------------------------------------------
@@ -261,7 +260,7 @@ class Slice(AbstractFlow):
 # --------------------------------------------------------------------------------------
 
 
-class Abs(AbstractFlow):
+class Abs(AbstractSurjective):
     """SurVAE's absolute-value surjection: `z = |x|`, with the signs scored by a learned
     Bernoulli per element.
 
@@ -273,8 +272,9 @@ class Abs(AbstractFlow):
     samples the signs with its key (it needs one).
     """
 
+    reverse_needs_key: ClassVar[bool] = True
+
     logits: AnyShape | None
-    layer_kind: ClassVar[str] = "surjective"
 
     def __init__(self):
         self.logits = None
@@ -289,7 +289,6 @@ class Abs(AbstractFlow):
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         if reverse:
-            need_key("Abs", key)
             positive = jr.bernoulli(key, jax.nn.sigmoid(self.logits))
             return jnp.where(positive, x, -x), self._log_p_sign(positive)
         return jnp.abs(x), self._log_p_sign(x >= 0)
@@ -300,7 +299,7 @@ class Abs(AbstractFlow):
 # --------------------------------------------------------------------------------------
 
 
-class Sort(AbstractFlow):
+class Sort(AbstractSurjective):
     """SurVAE's sorting surjection: `z = sort(x)` along the last axis, contribution
     `-log(D!)` per sorted vector of length `D`.
 
@@ -315,7 +314,7 @@ class Sort(AbstractFlow):
     applies a random permutation drawn with its key (it needs one).
     """
 
-    layer_kind: ClassVar[str] = "surjective"
+    reverse_needs_key: ClassVar[bool] = True
 
     def _contribution(self, x: Array) -> Array:
         d = x.shape[-1]
@@ -323,7 +322,6 @@ class Sort(AbstractFlow):
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         if reverse:
-            need_key("Sort", key)
             if x.ndim == 0:
                 return x, jnp.zeros((), x.dtype)
             return jr.permutation(key, x, axis=-1, independent=True), self._contribution(x)

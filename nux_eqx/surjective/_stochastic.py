@@ -24,7 +24,8 @@ import jax.random as jr
 from jaxtyping import Array, Float
 
 from .._containers import ChainRuleCond, Sequential
-from .._flow import AbstractFlow, ShapeError, child_scope, push, with_shapes
+from .._context import child_scope
+from .._flow import AbstractFlow, AbstractSurjective, ShapeError
 from .._types import AnyShape, Cond, Key, Scalar
 from ..bijective import Logit
 from ..priors import ConditionalGaussianPrior
@@ -53,7 +54,7 @@ def _init_inner(owner: str, flow: AbstractFlow, u_batch, *, key, cond) -> Abstra
     return inner
 
 
-class VariationalDequantization(AbstractFlow):
+class VariationalDequantization(AbstractSurjective):
     """Flow++'s variational dequantisation: `z = (x + u) / scale` with `u ~ q(u | x)` in
     `(0, 1)^D`.
 
@@ -81,8 +82,7 @@ class VariationalDequantization(AbstractFlow):
 
     flow: AbstractFlow
     scale: float = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "stochastic"
-    needs_key: ClassVar[bool] = True
+    forward_needs_key: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -103,21 +103,16 @@ class VariationalDequantization(AbstractFlow):
             )
         self.flow = _check_inner("VariationalDequantization", flow)
 
-    def children(self):
-        return (("flow", self.flow),)
-
     def _cond(self, x, cond):
         return ChainRuleCond(x / self.scale, cond)
 
-    def init_and_push(self, x_batch, *, key, cond=None):
-        shape = tuple(x_batch.shape[1:])
-        k_u, k_init, k_push = jr.split(key, 3)
+    def init(self, x_batch, *, key, cond=None):
+        k_u, k_init = jr.split(key)
         u = jr.uniform(k_u, x_batch.shape, x_batch.dtype, minval=0.01, maxval=0.99)
         inner = _init_inner(
             "VariationalDequantization", self.flow, u, key=k_init, cond=self._cond(x_batch, cond)
         )
-        new = with_shapes(eqx.tree_at(lambda s: s.flow, self, inner), shape, shape)
-        return new, push(new, x_batch, key=k_push, cond=cond)
+        return eqx.tree_at(lambda s: s.flow, self, inner)
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         const = -x.size * math.log(self.scale)
@@ -134,7 +129,7 @@ class VariationalDequantization(AbstractFlow):
         return (x + u) / self.scale, (const - log_q).astype(x.dtype)
 
 
-class Padding(AbstractFlow):
+class Padding(AbstractSurjective):
     """Augmentation (VFlow, Chen et al. 2020; augmented normalizing flows): append
     `padding_dim` entries `u ~ q(u | x)` to the last axis.
 
@@ -158,8 +153,7 @@ class Padding(AbstractFlow):
 
     flow: AbstractFlow
     padding_dim: int = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "stochastic"
-    needs_key: ClassVar[bool] = True
+    forward_needs_key: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -176,19 +170,13 @@ class Padding(AbstractFlow):
             flow = ConditionalGaussianPrior(hidden_layer_sizes=hidden_layer_sizes, n_channels=n_channels)
         self.flow = _check_inner("Padding", flow)
 
-    def children(self):
-        return (("flow", self.flow),)
-
-    def init_and_push(self, x_batch, *, key, cond=None):
-        shape = tuple(x_batch.shape[1:])
-        if len(shape) < 1:
+    def init(self, x_batch, *, key, cond=None):
+        if x_batch.ndim < 2:
             raise ShapeError("Padding appends to the last axis; scalar examples have none.")
-        k_u, k_init, k_push = jr.split(key, 3)
+        k_u, k_init = jr.split(key)
         u = jr.normal(k_u, (*x_batch.shape[:-1], self.padding_dim), x_batch.dtype)
         inner = _init_inner("Padding", self.flow, u, key=k_init, cond=ChainRuleCond(x_batch, cond))
-        out_shape = (*shape[:-1], shape[-1] + self.padding_dim)
-        new = with_shapes(eqx.tree_at(lambda s: s.flow, self, inner), shape, out_shape)
-        return new, push(new, x_batch, key=k_push, cond=cond)
+        return eqx.tree_at(lambda s: s.flow, self, inner)
 
     def transform(
         self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond

@@ -1,5 +1,6 @@
 """`fit`: train a flow by maximum likelihood, with validation, early stopping and checkpoints."""
 
+import dataclasses
 import math
 import os
 import signal
@@ -19,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from .._flow import AbstractFlow, ShapeError, _check_examples, _check_key, init, trainable
+from .._flow import AbstractFlow, ShapeError, check_examples, check_key, init, trainable
 from .._serialise import CheckpointError, save
 from ._checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 from ._jit import LeanJit
@@ -48,7 +49,7 @@ def _as_data(name: str, x: Any) -> np.ndarray:
             f"fit: `{name}` needs a leading example axis, shape (n, ...), got shape {x.shape}; "
             "for 1-D data use `x[:, None]`."
         )
-    _check_examples("fit", name, x)  # no examples, NaN or inf: the same check as `init`
+    check_examples("fit", name, x)  # no examples, NaN or inf: the same check as `init`
     dtype = jnp.dtype(jnp.result_type(float))  # float32 unless x64 is enabled
     return x.astype(dtype)
 
@@ -65,7 +66,7 @@ def _as_cond(name: str, cond: PyTree, n: int) -> PyTree:
                 f"shape {a.shape}."
             )
         if np.issubdtype(a.dtype, np.floating):
-            _check_examples("fit", f"{name}{jax.tree_util.keystr(path)}", a)
+            check_examples("fit", f"{name}{jax.tree_util.keystr(path)}", a)
             a = a.astype(jnp.dtype(jnp.result_type(float)))
         return a
 
@@ -159,7 +160,7 @@ class _DataParallel:
 
 
 # --------------------------------------------------------------------------------------
-# fit
+# The optimizer.
 # --------------------------------------------------------------------------------------
 
 
@@ -221,6 +222,503 @@ def _progress(total: int, initial: int, enabled: bool):
         )
         return None
     return tqdm(total=total, initial=initial, desc="fit", dynamic_ncols=True, unit="step")
+
+
+# --------------------------------------------------------------------------------------
+# fit, piece 1: the configuration check.
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FitSettings:
+    """`fit`'s arguments, checked and converted once (see `check_settings`)."""
+
+    x: np.ndarray  # the training examples, float
+    cond: PyTree
+    xv: np.ndarray | None  # the validation examples, or None
+    valid_cond: PyTree
+    batch_size: int
+    total: int  # steps to run (2**62: until max_seconds)
+    steps_per_dispatch: int
+    eval_every: int
+    eval_batch_size: int
+    checkpoint_every: int
+    log_every: int
+    patience: int | None
+    max_seconds: float | None
+    ema: float | None
+    par: "_DataParallel | None"
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def bpd_factor(self) -> float:
+        """`1 / (D ln 2)`: turns a loss in nats per example into bits per dimension."""
+        return 1.0 / (math.prod(self.shape) * math.log(2.0))
+
+    def config(self) -> dict:
+        """What a checkpoint records and a resume must match."""
+        return {
+            "n": self.n,
+            "shape": list(self.shape),
+            "batch_size": self.batch_size,
+            "steps_per_dispatch": self.steps_per_dispatch,
+            "valid": self.xv is not None,
+            "ema": self.ema,
+        }
+
+
+def check_settings(
+    data: Any,
+    *,
+    steps: int | None,
+    epochs: int | None,
+    batch_size: int,
+    cond: PyTree,
+    valid: Any,
+    valid_cond: PyTree,
+    eval_every: int,
+    eval_batch_size: int,
+    patience: int | None,
+    checkpoint_every: int,
+    log_every: int,
+    steps_per_dispatch: int,
+    max_seconds: float | None,
+    devices: Sequence[jax.Device] | None,
+    ema: float | None,
+) -> FitSettings:
+    """Check and convert `fit`'s data and settings; raise a clear error for bad ones."""
+    if hasattr(data, "train") and hasattr(data, "valid") and not isinstance(data, np.ndarray):
+        if valid is None and len(data.valid) > 0:
+            valid = data.valid
+        data = data.train
+    x = _as_data("data", data)
+    n, shape = x.shape[0], tuple(x.shape[1:])
+    cond = _as_cond("cond", cond, n)
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}.")
+    if batch_size > n:
+        raise ValueError(
+            f"fit: batch_size ({batch_size}) is larger than the data ({n} examples); use a batch_size "
+            f"of at most {n}."
+        )
+    if steps is not None and epochs is not None or (steps is None and epochs is None and max_seconds is None):
+        raise ValueError("fit: give exactly one of `steps` and `epochs` (or only `max_seconds`).")
+    if steps is None and epochs is None:
+        total = 2**62  # until max_seconds
+    else:
+        total = int(steps) if steps is not None else int(epochs) * (n // batch_size)
+    if total < 0:
+        raise ValueError(f"fit: steps / epochs must be >= 0, got {steps if steps is not None else epochs}.")
+    kd = int(steps_per_dispatch)
+    if kd < 1:
+        raise ValueError(f"fit: steps_per_dispatch must be >= 1, got {steps_per_dispatch}.")
+    if eval_every < 1 or checkpoint_every < 1 or log_every < 1:
+        raise ValueError("fit: eval_every, checkpoint_every and log_every must be >= 1.")
+    if patience is not None and patience < 1:
+        raise ValueError(f"fit: patience must be >= 1 or None, got {patience}.")
+    xv = None
+    if valid is not None:
+        xv = _as_data("valid", valid)
+        if tuple(xv.shape[1:]) != shape:
+            raise ShapeError(
+                f"fit: validation examples have shape {tuple(xv.shape[1:])}, training examples {shape}."
+            )
+        valid_cond = _as_cond("valid_cond", valid_cond, xv.shape[0])
+        if (valid_cond is None) != (cond is None):
+            raise ValueError("fit: give `valid_cond` exactly when the training data has a `cond`.")
+    return FitSettings(
+        x=x,
+        cond=cond,
+        xv=xv,
+        valid_cond=valid_cond if xv is not None else None,
+        batch_size=batch_size,
+        total=total,
+        steps_per_dispatch=kd,
+        eval_every=eval_every,
+        eval_batch_size=int(eval_batch_size),
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+        patience=patience,
+        max_seconds=max_seconds,
+        ema=ema,
+        par=_DataParallel.make(devices, batch_size),
+    )
+
+
+def initial_flow(flow: AbstractFlow, s: FitSettings, init_batches: int, k_init: PRNGKeyArray) -> AbstractFlow:
+    """The flow training starts from: a copy of an initialised flow (training donates its
+    buffers), or `flow` initialised on `init_batches` batches."""
+    if not isinstance(flow, AbstractFlow):
+        raise TypeError(f"fit: `flow` must be a nux_eqx flow, got {type(flow).__name__}.")
+    if flow.is_initialised:
+        if tuple(flow.in_shape) != s.shape:
+            raise ShapeError(
+                f"fit: the flow was initialised for examples of shape {tuple(flow.in_shape)}, but the "
+                f"data has examples of shape {s.shape}."
+            )
+        return _copy(flow)  # leave the caller's flow intact
+    m = min(s.n, max(1, int(init_batches)) * s.batch_size)
+    idx = np.random.default_rng([*_seed_words(k_init), 1]).permutation(s.n)[:m]
+    try:
+        return init(flow, jnp.asarray(s.x[idx]), key=k_init, cond=_take(s.cond, idx))
+    except ShapeError as e:
+        raise ShapeError(f"fit: the flow cannot take examples of shape {s.shape}: {e}") from e
+
+
+def new_history(bpd_factor: float) -> dict:
+    return {
+        "train_loss": [],
+        "valid_step": [],
+        "valid_loss": [],
+        "best_step": None,
+        "best_valid_loss": None,
+        "steps": 0,
+        "stop_reason": None,
+        "wall_time": 0.0,
+        "bits_per_dim_factor": bpd_factor,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# fit, piece 2: resume.
+# --------------------------------------------------------------------------------------
+
+
+class TrainingState(NamedTuple):
+    """Where a run stands: what a checkpoint holds and the loop starts from."""
+
+    flow: AbstractFlow
+    opt_state: PyTree
+    best: AbstractFlow | None
+    step: int
+    key: PRNGKeyArray
+    history: dict
+
+
+def _cannot_resume(e: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"fit: cannot resume: {e} The file was left as it is; move it away or pass resume=False to start over."
+    )
+
+
+def resume_from(
+    ckpt: str, config: dict, *, flow: AbstractFlow, opt_state: PyTree, key: PRNGKeyArray
+) -> TrainingState:
+    """Read the checkpoint `ckpt` of a run with the same `config` into the structure of
+    `flow` and `opt_state`; a corrupt file or a different config raises a clear error and
+    leaves the file as it is."""
+    try:
+        info = read_checkpoint_info(ckpt)
+    except CheckpointError as e:
+        raise _cannot_resume(e) from e
+    for name, value in config.items():
+        if info.get("config", {}).get(name) != value:
+            raise ValueError(
+                f"fit: cannot resume from {ckpt}: it was written with {name}={info['config'].get(name)!r}, "
+                f"this run has {name}={value!r}. Use the same data and settings, or pass resume=False to "
+                "start over."
+            )
+    try:
+        state = load_checkpoint(ckpt, flow=flow, opt_state=opt_state, key=key)
+    except CheckpointError as e:
+        raise _cannot_resume(e) from e
+    history = {**state["history"], "stop_reason": None}
+    return TrainingState(
+        state["flow"], state["opt_state"], state["best"], state["step"], state["key"], history
+    )
+
+
+# --------------------------------------------------------------------------------------
+# fit, piece 3: validation.
+# --------------------------------------------------------------------------------------
+
+
+@eqx.filter_jit
+def _eval_chunks(loss, flow, xs, cs, base):
+    def f(inp):
+        xb, cb, i = inp
+        return loss(flow, xb, key=jr.fold_in(base, i), cond=cb)
+
+    return jax.lax.map(f, (xs, cs, jnp.arange(xs.shape[0])))
+
+
+@eqx.filter_jit
+def _eval_rest(loss, flow, xb, cb, base, i):
+    return loss(flow, xb, key=jr.fold_in(base, i), cond=cb)
+
+
+class Validator:
+    """The mean loss over the validation set, in chunks of `eval_batch_size` examples
+    (chunk `i` uses the key `fold_in(key, i)`), the chunks moved to the device once."""
+
+    def __init__(self, loss: Callable, s: FitSettings, key: PRNGKeyArray):
+        self.loss, self.key = loss, key
+        self.nv = s.xv.shape[0]
+        self.c = min(s.eval_batch_size, self.nv)
+        self.m = self.nv // self.c
+        m, c, nv = self.m, self.c, self.nv
+
+        def chunks(a):
+            return jnp.asarray(a[: m * c].reshape(m, c, *a.shape[1:])) if m else None
+
+        def rest(a):
+            return jnp.asarray(a[m * c :]) if nv - m * c else None
+
+        vc = s.valid_cond
+        parts = [chunks(s.xv), None if vc is None else jax.tree.map(chunks, vc)]
+        parts += [rest(s.xv), None if vc is None else jax.tree.map(rest, vc)]
+        if s.par is not None:  # chunks split over the devices when they divide evenly
+            split = c % s.par.n == 0
+            parts = [
+                s.par.shard(v, axis=1) if split and i < 2 else s.par.replicate(v) for i, v in enumerate(parts)
+            ]
+        self.parts = parts
+
+    def __call__(self, flow: AbstractFlow) -> float:
+        xs, cs, xr, cr = self.parts
+        m, c, nv = self.m, self.c, self.nv
+        total = 0.0
+        if m:
+            total += float(jnp.sum(_eval_chunks(self.loss, flow, xs, cs, self.key))) * c
+        if nv - m * c:
+            total += float(_eval_rest(self.loss, flow, xr, cr, self.key, np.asarray(m, np.int32))) * (
+                nv - m * c
+            )
+        return total / nv
+
+
+# --------------------------------------------------------------------------------------
+# fit, piece 4: the loop.
+# --------------------------------------------------------------------------------------
+
+
+def _evaluated(flow: AbstractFlow, opt_state: PyTree, ema: float | None) -> AbstractFlow:
+    """The flow to evaluate and return: with `ema`, the averaged parameters."""
+    if ema is None:
+        return flow
+    return eqx.combine(opt_state[-1].average, trainable(flow)[1])
+
+
+def _step_functions(opt, loss, par):
+    """The compiled one-step and `lax.scan`-of-k-steps updates (buffers donated)."""
+
+    def run_one(consts, flow, opt_state, ok):
+        xd, cd, idx, step_no, base = consts
+        xb, cb = xd[idx], _take(cd, idx)
+        if par is not None:
+            xb, cb = par.split_batch((xb, cb), axis=0)
+        flow, opt_state, value, ok = update(
+            flow, opt_state, xb, jr.fold_in(base, step_no), cb, ok, optimizer=opt, loss=loss
+        )
+        return flow, opt_state, ok, value[None]
+
+    def run_many(consts, flow, opt_state, ok):
+        xd, cd, idx, step_no, base = consts  # idx: (k, batch)
+        xs, cs = xd[idx], _take(cd, idx)
+        if par is not None:
+            xs, cs = par.split_batch((xs, cs), axis=1)
+        keys = jax.vmap(lambda i: jr.fold_in(base, step_no + i))(jnp.arange(idx.shape[0]))
+        flow, opt_state, values, ok = scan_updates(
+            flow, opt_state, xs, keys, cs, ok, optimizer=opt, loss=loss
+        )
+        return flow, opt_state, ok, values
+
+    return LeanJit(run_one, donate="all-except-first"), LeanJit(run_many, donate="all-except-first")
+
+
+class TrainingLoop:
+    """The training state of one `fit` run and the steps that advance it.
+
+    `run()` dispatches compiled steps, reads the losses back every `log_every` steps
+    (`sync`), validates every `eval_every` steps (`validate`), checkpoints every
+    `checkpoint_every` steps (`checkpoint`) and stops at the end, at a non-finite loss,
+    on early stopping, at the time limit or on Ctrl-C (after a checkpoint)."""
+
+    def __init__(
+        self,
+        s: FitSettings,
+        state: TrainingState,
+        *,
+        opt: optax.GradientTransformation,
+        loss: Callable,
+        ckpt: str | None,
+        final_path: str | None,
+        progress: bool,
+    ):
+        flow, opt_state, best, step, key, history = state
+        self.s, self.key, self.history = s, key, history
+        _, self.k_train, k_valid, k_order = jr.split(key, 4)
+        self.order = _Order(_seed_words(k_order), s.n, s.batch_size)
+        self.validator = None if s.xv is None else Validator(loss, s, k_valid)
+        self.one, self.many = _step_functions(opt, loss, s.par)
+        self.ckpt, self.final_path = ckpt, final_path
+        self.step = step
+        self.xd = jnp.asarray(s.x)
+        self.cd = None if s.cond is None else jax.tree.map(jnp.asarray, s.cond)
+        self.ok = jnp.asarray(True)
+        if s.par is not None:  # replicate the state and the data over the devices
+            flow, opt_state, best = s.par.replicate((flow, opt_state, best))
+            self.xd, self.cd, self.ok = s.par.replicate((self.xd, self.cd, self.ok))
+        self.flow, self.opt_state, self.best = flow, opt_state, best
+        self.pending: list = []
+        self.bar = _progress(None if s.total == 2**62 else s.total, min(step, s.total), progress)
+        self.t0 = time.perf_counter() - float(history.get("wall_time") or 0.0)
+        self.last_valid = history["valid_loss"][-1] if history["valid_loss"] else None
+        self.evals_since_best = 0
+        if history["best_step"] is not None:
+            self.evals_since_best = sum(v > history["best_step"] for v in history["valid_step"])
+
+    def current(self) -> AbstractFlow:
+        """The flow to evaluate and return: with `ema`, the averaged parameters."""
+        return _evaluated(self.flow, self.opt_state, self.s.ema)
+
+    def dispatch(self, k: int) -> None:
+        """Run steps `step .. step + k - 1` on the device (without waiting for them)."""
+        consts = (self.xd, self.cd, None, np.asarray(self.step, np.int32), self.k_train)
+        if k == 1:
+            idx, fn = self.order.indices(self.step), self.one
+        else:
+            idx, fn = np.stack([self.order.indices(self.step + i) for i in range(k)]), self.many
+        consts = (*consts[:2], idx, *consts[3:])
+        self.flow, self.opt_state, self.ok, values = fn(consts, self.flow, self.opt_state, self.ok)
+        self.pending.append(values)
+        self.step += k
+
+    def sync(self) -> int | None:
+        """Fetch the pending losses into the history; return the step number of the first
+        non-finite loss, if any."""
+        if not self.pending:
+            return None
+        vals = np.concatenate([np.asarray(v) for v in jax.device_get(self.pending)])
+        self.pending = []
+        losses = self.history["train_loss"]
+        start = len(losses)
+        bad = np.nonzero(~np.isfinite(vals))[0]
+        if len(bad):
+            losses.extend(float(v) for v in vals[: bad[0]])
+            return start + int(bad[0])
+        losses.extend(float(v) for v in vals)
+        if self.bar is not None:
+            self.bar.update(len(vals))
+            lv = float(np.mean(losses[-min(len(vals), self.s.log_every) :]))
+            post = {"loss": f"{lv:.4g}", "bits/dim": f"{lv * self.s.bpd_factor:.4g}"}
+            if self.last_valid is not None:
+                post["valid"] = f"{self.last_valid:.4g}"
+            self.bar.set_postfix(post, refresh=False)
+        return None
+
+    def validate(self) -> bool:
+        """Validate the current flow, keep it when it is the best; return whether to stop
+        early (`patience` validations without improvement)."""
+        h = self.history
+        self.last_valid = self.validator(self.current())
+        h["valid_step"].append(self.step)
+        h["valid_loss"].append(self.last_valid)
+        if h["best_valid_loss"] is None or self.last_valid < h["best_valid_loss"]:
+            h["best_valid_loss"], h["best_step"] = self.last_valid, self.step
+            self.best = _copy(self.current())
+            self.evals_since_best = 0
+        else:
+            self.evals_since_best += 1
+        return self.s.patience is not None and self.evals_since_best >= self.s.patience
+
+    def checkpoint(self, final: bool) -> None:
+        """Write the checkpoint (and, when `final`, the returned flow)."""
+        if self.ckpt is None:
+            return
+        self.history["steps"] = self.step
+        self.history["wall_time"] = time.perf_counter() - self.t0
+        if jax.process_index() != 0:  # one writer; every process holds the same state
+            return
+        f, o, b = _DataParallel.local((self.flow, self.opt_state, self.best))
+        save_checkpoint(
+            self.ckpt,
+            flow=f,
+            opt_state=o,
+            key=self.key,
+            step=self.step,
+            history=self.history,
+            best=b,
+            config=self.s.config(),
+        )
+        if final:
+            save(self.final_path, b if b is not None else _evaluated(f, o, self.s.ema))
+
+    def _one_round(self) -> str | None:
+        """Dispatch the next steps and do what falls due; return a stop reason or None."""
+        s = self.s
+        prev = self.step
+        self.dispatch(s.steps_per_dispatch if s.total - prev >= s.steps_per_dispatch else 1)
+
+        def crossed(every: int) -> bool:
+            return prev // every != self.step // every
+
+        last = self.step >= s.total or (
+            s.max_seconds is not None and time.perf_counter() - self.t0 >= s.max_seconds
+        )
+        do_eval = self.validator is not None and (crossed(s.eval_every) or last)
+        do_ckpt = self.ckpt is not None and crossed(s.checkpoint_every)
+        if crossed(s.log_every) or do_eval or do_ckpt or last:
+            bad = self.sync()
+            if bad is not None:
+                self.step = bad  # the state is the one after the last finite step
+                warnings.warn(
+                    f"fit: the loss became non-finite at step {bad + 1}; training stopped and the flow "
+                    f"after step {bad} (the last finite loss) is returned. Try a lower learning rate, "
+                    "`clip_norm=`, `warmup_steps=`, or check the data and the flow's numerics.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                return "non_finite"
+        stop = "early_stopping" if do_eval and self.validate() else None
+        if do_ckpt and stop is None:
+            self.checkpoint(final=False)
+        if stop is None and last and self.step < s.total:
+            stop = "time_limit"
+        return stop
+
+    def run(self) -> tuple[AbstractFlow, dict]:
+        """Train to the end; return `(flow, history)` as `fit` does."""
+        # Ctrl-C during the loop sets a flag; the loop stops between steps, so the state it
+        # checkpoints is complete (an interrupt inside a dispatch would lose donated buffers).
+        interrupted = []
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        stop = None
+        try:
+            while self.step < self.s.total and stop is None:
+                if interrupted:
+                    raise KeyboardInterrupt
+                stop = self._one_round()
+        except KeyboardInterrupt:
+            # Keep the user's work: checkpoint the last completed step, then stop.
+            if self.sync() is None:
+                self.checkpoint(final=False)
+            raise
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+            if self.bar is not None:
+                self.bar.close()
+        self.history["stop_reason"] = stop or "completed"
+        self.history["steps"] = self.step
+        self.history["wall_time"] = time.perf_counter() - self.t0
+        self.checkpoint(final=True)
+        return (self.best if self.best is not None else self.current()), self.history
+
+
+# --------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------
 
 
 def fit(
@@ -337,335 +835,38 @@ def fit(
         print(flow.in_shape)                                                          # (2,)
         ```
     """
-    # ---- data and settings ----------------------------------------------------------
-    if hasattr(data, "train") and hasattr(data, "valid") and not isinstance(data, np.ndarray):
-        if valid is None and len(data.valid) > 0:
-            valid = data.valid
-        data = data.train
-    _check_key("fit", key, batch_hint=False)
-    x = _as_data("data", data)
-    n, shape = x.shape[0], tuple(x.shape[1:])
-    cond = _as_cond("cond", cond, n)
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}.")
-    if batch_size > n:
-        raise ValueError(
-            f"fit: batch_size ({batch_size}) is larger than the data ({n} examples); use a batch_size "
-            f"of at most {n}."
-        )
-    if steps is not None and epochs is not None or (steps is None and epochs is None and max_seconds is None):
-        raise ValueError("fit: give exactly one of `steps` and `epochs` (or only `max_seconds`).")
-    per_epoch = n // batch_size
-    if steps is None and epochs is None:
-        total = 2**62  # until max_seconds
-    else:
-        total = int(steps) if steps is not None else int(epochs) * per_epoch
-    if total < 0:
-        raise ValueError(f"fit: steps / epochs must be >= 0, got {steps if steps is not None else epochs}.")
-    kd = int(steps_per_dispatch)
-    if kd < 1:
-        raise ValueError(f"fit: steps_per_dispatch must be >= 1, got {steps_per_dispatch}.")
-    if eval_every < 1 or checkpoint_every < 1 or log_every < 1:
-        raise ValueError("fit: eval_every, checkpoint_every and log_every must be >= 1.")
-    if patience is not None and patience < 1:
-        raise ValueError(f"fit: patience must be >= 1 or None, got {patience}.")
-    if valid is not None:
-        xv = _as_data("valid", valid)
-        if tuple(xv.shape[1:]) != shape:
-            raise ShapeError(
-                f"fit: validation examples have shape {tuple(xv.shape[1:])}, training examples {shape}."
-            )
-        valid_cond = _as_cond("valid_cond", valid_cond, xv.shape[0])
-        if (valid_cond is None) != (cond is None):
-            raise ValueError("fit: give `valid_cond` exactly when the training data has a `cond`.")
-    else:
-        xv = None
-    par = _DataParallel.make(devices, batch_size)
-    dims = math.prod(shape)
-    bpd_factor = 1.0 / (dims * math.log(2.0))
-
-    k_init, k_train, k_valid, k_order = jr.split(key, 4)
-    order = _Order(_seed_words(k_order), n, batch_size)
-
-    # ---- init -----------------------------------------------------------------------
-    if not isinstance(flow, AbstractFlow):
-        raise TypeError(f"fit: `flow` must be a nux_eqx flow, got {type(flow).__name__}.")
-    if flow.is_initialised:
-        if tuple(flow.in_shape) != shape:
-            raise ShapeError(
-                f"fit: the flow was initialised for examples of shape {tuple(flow.in_shape)}, but the "
-                f"data has examples of shape {shape}."
-            )
-        flow = _copy(flow)  # training donates its buffers: leave the caller's flow intact
-    else:
-        m = min(n, max(1, int(init_batches)) * batch_size)
-        idx = np.random.default_rng([*_seed_words(k_init), 1]).permutation(n)[:m]
-        try:
-            flow = init(flow, jnp.asarray(x[idx]), key=k_init, cond=_take(cond, idx))
-        except ShapeError as e:
-            raise ShapeError(f"fit: the flow cannot take examples of shape {shape}: {e}") from e
+    check_key("fit", key, batch_hint=False)
+    s = check_settings(
+        data,
+        steps=steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        cond=cond,
+        valid=valid,
+        valid_cond=valid_cond,
+        eval_every=eval_every,
+        eval_batch_size=eval_batch_size,
+        patience=patience,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+        steps_per_dispatch=steps_per_dispatch,
+        max_seconds=max_seconds,
+        devices=devices,
+        ema=ema,
+    )
+    flow = initial_flow(flow, s, init_batches, jr.split(key, 4)[0])
     opt = _make_optimizer(optimizer, clip_norm, warmup_steps, ema)
     opt_state = opt.init(trainable(flow)[0])
-
-    config = {
-        "n": n,
-        "shape": list(shape),
-        "batch_size": batch_size,
-        "steps_per_dispatch": kd,
-        "valid": xv is not None,
-        "ema": ema,
-    }
-    history: dict[str, Any] = {
-        "train_loss": [],
-        "valid_step": [],
-        "valid_loss": [],
-        "best_step": None,
-        "best_valid_loss": None,
-        "steps": 0,
-        "stop_reason": None,
-        "wall_time": 0.0,
-        "bits_per_dim_factor": bpd_factor,
-    }
-    best = None
-    step = 0
-
-    # ---- resume ---------------------------------------------------------------------
-    ckpt = None if checkpoint_dir is None else os.path.join(os.fspath(checkpoint_dir), CHECKPOINT)
+    state = TrainingState(flow, opt_state, None, 0, key, new_history(s.bpd_factor))
     if resume and checkpoint_dir is None:
         raise ValueError("fit: resume=True needs a checkpoint_dir.")
-    if resume and os.path.exists(ckpt):
-        try:
-            info = read_checkpoint_info(ckpt)
-        except CheckpointError as e:
-            raise CheckpointError(
-                f"fit: cannot resume: {e} The file was left as it is; move it away or pass resume=False "
-                "to start over."
-            ) from e
-        for name, value in config.items():
-            if info.get("config", {}).get(name) != value:
-                raise ValueError(
-                    f"fit: cannot resume from {ckpt}: it was written with {name}={info['config'].get(name)!r}, "
-                    f"this run has {name}={value!r}. Use the same data and settings, or pass resume=False to "
-                    "start over."
-                )
-        try:
-            state = load_checkpoint(ckpt, flow=flow, opt_state=opt_state, key=key)
-        except CheckpointError as e:
-            raise CheckpointError(
-                f"fit: cannot resume: {e} The file was left as it is; move it away or pass resume=False "
-                "to start over."
-            ) from e
-        flow, opt_state, best, step = state["flow"], state["opt_state"], state["best"], state["step"]
-        # continue with the run's own key (the batch order and step keys derive from it)
-        key = state["key"]
-        k_init, k_train, k_valid, k_order = jr.split(key, 4)
-        order = _Order(_seed_words(k_order), n, batch_size)
-        history.update(state["history"])
-        history["stop_reason"] = None
-
-    if par is not None:  # replicate the state over the devices (after a resume, too)
-        flow, opt_state, best = par.replicate((flow, opt_state, best))
-
-    # ---- compiled functions ---------------------------------------------------------
-    def run_one(consts, flow, opt_state, ok):
-        xd, cd, idx, step_no, base = consts
-        xb, cb = xd[idx], _take(cd, idx)
-        if par is not None:
-            xb, cb = par.split_batch((xb, cb), axis=0)
-        flow, opt_state, value, ok = update(
-            flow, opt_state, xb, jr.fold_in(base, step_no), cb, ok, optimizer=opt, loss=loss
-        )
-        return flow, opt_state, ok, value[None]
-
-    def run_many(consts, flow, opt_state, ok):
-        xd, cd, idx, step_no, base = consts  # idx: (k, batch)
-        xs, cs = xd[idx], _take(cd, idx)
-        if par is not None:
-            xs, cs = par.split_batch((xs, cs), axis=1)
-        keys = jax.vmap(lambda i: jr.fold_in(base, step_no + i))(jnp.arange(idx.shape[0]))
-        flow, opt_state, values, ok = scan_updates(
-            flow, opt_state, xs, keys, cs, ok, optimizer=opt, loss=loss
-        )
-        return flow, opt_state, ok, values
-
-    one = LeanJit(run_one, donate="all-except-first")
-    many = LeanJit(run_many, donate="all-except-first")
-
-    @eqx.filter_jit
-    def eval_chunks(flow, xs, cs, base):
-        def f(inp):
-            xb, cb, i = inp
-            return loss(flow, xb, key=jr.fold_in(base, i), cond=cb)
-
-        return jax.lax.map(f, (xs, cs, jnp.arange(xs.shape[0])))
-
-    @eqx.filter_jit
-    def eval_rest(flow, xb, cb, base, i):
-        return loss(flow, xb, key=jr.fold_in(base, i), cond=cb)
-
-    def current(flow, opt_state):
-        """The flow to evaluate and return: with `ema`, the averaged parameters."""
-        if ema is None:
-            return flow
-        return eqx.combine(opt_state[-1].average, trainable(flow)[1])
-
-    valid_parts: list = []  # device copies of the validation chunks, made once
-
-    def validate(flow) -> float:
-        nv = xv.shape[0]
-        c = min(int(eval_batch_size), nv)
-        m = nv // c
-        if not valid_parts:
-
-            def chunks(a):
-                return jnp.asarray(a[: m * c].reshape(m, c, *a.shape[1:])) if m else None
-
-            def rest(a):
-                return jnp.asarray(a[m * c :]) if nv - m * c else None
-
-            cc = None if valid_cond is None else jax.tree.map(chunks, valid_cond)
-            cr = None if valid_cond is None else jax.tree.map(rest, valid_cond)
-            valid_parts.extend([chunks(xv), cc, rest(xv), cr])
-            if par is not None:  # chunks split over the devices when they divide evenly
-                split = c % par.n == 0
-                valid_parts[:] = [
-                    par.shard(v, axis=1) if split and i < 2 else par.replicate(v)
-                    for i, v in enumerate(valid_parts)
-                ]
-        xs, cs, xr, cr = valid_parts
-        total_loss = 0.0
-        if m:
-            total_loss += float(jnp.sum(eval_chunks(flow, xs, cs, k_valid))) * c
-        if nv - m * c:
-            total_loss += float(eval_rest(flow, xr, cr, k_valid, np.asarray(m, np.int32))) * (nv - m * c)
-        return total_loss / nv
-
-    # ---- the loop -------------------------------------------------------------------
-    xd = jnp.asarray(x)
-    cd = None if cond is None else jax.tree.map(jnp.asarray, cond)
-    ok = jnp.asarray(True)
-    if par is not None:  # every device holds the data; each step gathers its own share
-        xd, cd, ok = par.replicate((xd, cd, ok))
-    pending: list = []
-    bar = _progress(None if total == 2**62 else total, min(step, total), progress)
-    t0 = time.perf_counter() - float(history.get("wall_time") or 0.0)
-    last_valid = history["valid_loss"][-1] if history["valid_loss"] else None
-    evals_since_best = 0
-    if history["best_step"] is not None:
-        evals_since_best = sum(s > history["best_step"] for s in history["valid_step"])
-    stop = None
-
-    def sync() -> int | None:
-        """Fetch the pending losses; return the index (step number) of the first
-        non-finite loss, if any."""
-        nonlocal pending
-        if not pending:
-            return None
-        vals = np.concatenate([np.asarray(v) for v in jax.device_get(pending)])
-        pending = []
-        start = len(history["train_loss"])
-        bad = np.nonzero(~np.isfinite(vals))[0]
-        if len(bad):
-            good = vals[: bad[0]]
-            history["train_loss"].extend(float(v) for v in good)
-            return start + int(bad[0])
-        history["train_loss"].extend(float(v) for v in vals)
-        if bar is not None:
-            bar.update(len(vals))
-            window = history["train_loss"][-min(len(vals), log_every) :]
-            lv = float(np.mean(window))
-            post = {"loss": f"{lv:.4g}", "bits/dim": f"{lv * bpd_factor:.4g}"}
-            if last_valid is not None:
-                post["valid"] = f"{last_valid:.4g}"
-            bar.set_postfix(post, refresh=False)
-        return None
-
-    def checkpoint(final: bool):
-        if ckpt is None:
-            return
-        history["steps"] = step
-        history["wall_time"] = time.perf_counter() - t0
-        if jax.process_index() != 0:  # one writer; every process holds the same state
-            return
-        f, o, b = _DataParallel.local((flow, opt_state, best))
-        save_checkpoint(ckpt, flow=f, opt_state=o, key=key, step=step, history=history, best=b, config=config)
-        if final:
-            save(os.path.join(os.fspath(checkpoint_dir), FINAL), b if b is not None else current(f, o))
-
-    # Ctrl-C during the loop sets a flag; the loop stops between steps, so the state it
-    # checkpoints is complete (an interrupt inside a dispatch would lose donated buffers).
-    interrupted = []
-    old_handler = None
-    if threading.current_thread() is threading.main_thread():
-        old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-    try:
-        while step < total:
-            if interrupted:
-                raise KeyboardInterrupt
-            k = kd if total - step >= kd else 1
-            if k == 1:
-                idx = order.indices(step)
-                flow, opt_state, ok, values = one(
-                    (xd, cd, idx, np.asarray(step, np.int32), k_train), flow, opt_state, ok
-                )
-            else:
-                idx = np.stack([order.indices(step + i) for i in range(k)])
-                flow, opt_state, ok, values = many(
-                    (xd, cd, idx, np.asarray(step, np.int32), k_train), flow, opt_state, ok
-                )
-            pending.append(values)
-            prev, step = step, step + k
-
-            def crossed(every: int, prev: int = prev, now: int = step) -> bool:
-                return prev // every != now // every
-
-            last = step >= total or (max_seconds is not None and time.perf_counter() - t0 >= max_seconds)
-            do_eval = xv is not None and (crossed(eval_every) or last)
-            do_ckpt = ckpt is not None and crossed(checkpoint_every)
-            if crossed(log_every) or do_eval or do_ckpt or last:
-                bad = sync()
-                if bad is not None:
-                    step = bad  # the state is the one after the last finite step
-                    stop = "non_finite"
-                    warnings.warn(
-                        f"fit: the loss became non-finite at step {bad + 1}; training stopped and the flow "
-                        f"after step {bad} (the last finite loss) is returned. Try a lower learning rate, "
-                        "`clip_norm=`, `warmup_steps=`, or check the data and the flow's numerics.",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                    break
-            if do_eval:
-                last_valid = validate(current(flow, opt_state))
-                history["valid_step"].append(step)
-                history["valid_loss"].append(last_valid)
-                if history["best_valid_loss"] is None or last_valid < history["best_valid_loss"]:
-                    history["best_valid_loss"], history["best_step"] = last_valid, step
-                    best = _copy(current(flow, opt_state))
-                    evals_since_best = 0
-                else:
-                    evals_since_best += 1
-                if patience is not None and evals_since_best >= patience:
-                    stop = "early_stopping"
-            if do_ckpt and stop is None:
-                checkpoint(final=False)
-            if stop is None and last and step < total:
-                stop = "time_limit"
-            if stop is not None:
-                break
-    except KeyboardInterrupt:
-        # Keep the user's work: checkpoint the last completed step, then stop.
-        if sync() is None:
-            checkpoint(final=False)
-        raise
-    finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
-        if bar is not None:
-            bar.close()
-    history["stop_reason"] = stop or "completed"
-    history["steps"] = step
-    history["wall_time"] = time.perf_counter() - t0
-    checkpoint(final=True)
-    return (best if best is not None else current(flow, opt_state)), history
+    ckpt = final = None
+    if checkpoint_dir is not None:
+        ckpt = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT)
+        final = os.path.join(os.fspath(checkpoint_dir), FINAL)
+        if resume and os.path.exists(ckpt):
+            # continue with the run's own key (the batch order and step keys derive from it)
+            state = resume_from(ckpt, s.config(), flow=flow, opt_state=opt_state, key=key)
+            state = state._replace(history={**new_history(s.bpd_factor), **state.history})
+    loop = TrainingLoop(s, state, opt=opt, loss=loss, ckpt=ckpt, final_path=final, progress=progress)
+    return loop.run()

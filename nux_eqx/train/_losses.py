@@ -33,12 +33,9 @@ import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from .._flow import AbstractFlow, log_prob, sample
+from .._maths import batch_keys, keyed_vmap
 
 Loss = Callable[..., Array]
-
-
-def _keys(key: PRNGKeyArray | None, n: int):
-    return None if key is None else jr.split(key, n)
 
 
 def batch_log_prob(
@@ -55,13 +52,11 @@ def batch_log_prob(
 
     **Returns:** an `(n,)` array.
     """
-    n = x.shape[0]
-    keys = _keys(key, n)
 
     def one(xi, ki, ci):
         return log_prob(flow, xi, key=ki, cond=ci)
 
-    return jax.vmap(one, in_axes=(0, None if keys is None else 0, None if cond is None else 0))(x, keys, cond)
+    return keyed_vmap(one, x, batch_keys(key, x.shape[0]), cond)
 
 
 def nll(flow: AbstractFlow, x: Array, *, key: PRNGKeyArray | None = None, cond: PyTree = None) -> Array:
