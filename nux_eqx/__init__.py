@@ -102,7 +102,10 @@ from .bijective import LocalDense as LocalDense
 from .bijective import (
     Logit as Logit,
 )
+from .bijective import ElementwiseAffine as ElementwiseAffine
+from .bijective import MaskedAutoregressive as MaskedAutoregressive
 from .bijective import MaskedAutoregressiveSpline as MaskedAutoregressiveSpline
+from .bijective import Shift as Shift
 from .bijective import NeuralSpline as NeuralSpline
 from .bijective import (
     OneByOneConv as OneByOneConv,

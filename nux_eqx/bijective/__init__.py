@@ -4,6 +4,7 @@ from ._autoregressive import MADE as MADE
 from ._autoregressive import MAF as MAF
 from ._autoregressive import ConditionalMAF as ConditionalMAF
 from ._autoregressive import ConditionalMaskedAutoregressiveSpline as ConditionalMaskedAutoregressiveSpline
+from ._autoregressive import MaskedAutoregressive as MaskedAutoregressive
 from ._autoregressive import MaskedAutoregressiveSpline as MaskedAutoregressiveSpline
 from ._autoregressive import made_masks as made_masks
 from ._autoregressive import made_ordering as made_ordering
@@ -16,6 +17,7 @@ from ._conv_linear import OnebyOneConvLDU as OnebyOneConvLDU
 from ._conv_linear import OneByOneConvLU as OneByOneConvLU
 from ._coupling import ConditionedCoupling as ConditionedCoupling
 from ._coupling import Coupling as Coupling
+from ._coupling import NeuralSpline as NeuralSpline
 from ._elementwise import (
     Identity as Identity,
 )
@@ -66,8 +68,10 @@ from ._reshape import (
 from ._reshape import (
     unsqueeze as unsqueeze,
 )
-from ._spline import NeuralSpline as NeuralSpline
 from ._spline import RationalQuadraticSpline as RationalQuadraticSpline
 from ._spline import rational_quadratic_spline as rational_quadratic_spline
 from ._spline import spline_from_knots as spline_from_knots
 from ._spline import spline_knots as spline_knots
+from ._transformers import ElementwiseAffine as ElementwiseAffine
+from ._transformers import Shift as Shift
+from ._upgrade import load_v1 as load_v1

@@ -1,6 +1,7 @@
-"""Masked autoregressive flows: the `MADE` conditioner, `MAF` / `ConditionalMAF` (affine
-transformer) and `MaskedAutoregressiveSpline` / `ConditionalMaskedAutoregressiveSpline`
-(rational-quadratic spline transformer)."""
+"""Masked autoregressive flows: the `MADE` conditioner and `MaskedAutoregressive`, with
+any elementwise transformer and optional conditioning; and the names `MAF`,
+`ConditionalMAF`, `MaskedAutoregressiveSpline` and `ConditionalMaskedAutoregressiveSpline`
+that build one."""
 
 import functools
 import math
@@ -16,8 +17,16 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._flow import AbstractFlow, ShapeError
 from .._types import Cond, Key, Scalar, Vector
-from ..nn import cast_floating, cond_features
-from ._spline import check_spline_config, n_spline_params, rational_quadratic_spline
+from ..nn import CondSpec, cast_floating, read_cond, record_cond
+from ._spline import RationalQuadraticSpline
+from ._transformers import (
+    ElementwiseAffine,
+    apply_transformer,
+    check_transformer,
+    initial_params,
+    n_params,
+    scalar_template,
+)
 
 Ordering = Literal["sequential", "reversed", "random"]
 
@@ -203,140 +212,31 @@ class MADE(eqx.Module):
 
 
 # --------------------------------------------------------------------------------------
-# Shared machinery. The four layers are final classes; they share these private functions
-# instead of a base class.
+# The layer.
 # --------------------------------------------------------------------------------------
 
 
-def _check_common(owner, hidden_layer_sizes, ordering, seed):
-    hidden = tuple(int(h) for h in hidden_layer_sizes)
-    if any(h < 1 for h in hidden):
-        raise ValueError(f"{owner}: hidden_layer_sizes must be positive integers, got {hidden}.")
-    if isinstance(ordering, str):
-        if ordering not in ("sequential", "reversed", "random"):
-            raise ValueError(
-                f"{owner}: ordering must be 'sequential', 'reversed', 'random' or a permutation "
-                f"(a sequence of ints), got {ordering!r}."
-            )
-    else:
-        ordering = tuple(int(i) for i in ordering)
-        if sorted(ordering) != list(range(len(ordering))):
-            raise ValueError(f"{owner}: ordering {ordering} is not a permutation of range({len(ordering)}).")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise ValueError(
-            f"{owner}: seed must be an int (it fixes the 'random' ordering at construction), got {seed!r}."
-        )
-    return hidden, ordering, int(seed)
+def _builder(fn):
+    fn.__nux_builder__ = True
+    return fn
 
 
-def _cond_shapes(cond, batched: bool) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(jnp.shape(leaf)[1:] if batched else jnp.shape(leaf)) for leaf in jax.tree.leaves(cond))
+class MaskedAutoregressive(AbstractFlow):
+    """A masked autoregressive flow (Papamakarios et al. 2017; NuX's `MAF`) on vectors,
+    with any elementwise transformer.
 
-
-def _init_made(owner, layer, x_batch, key, cond, n_params, conditional):
-    shape = tuple(x_batch.shape[1:])
-    if len(shape) != 1:
-        raise ShapeError(
-            f"{owner} takes vectors (d,), got examples of shape {shape}; apply `Flatten()` first."
-        )
-    dim = shape[0]
-    order = made_ordering(layer.ordering, dim, layer.seed)
-    cond_size = 0
-    if conditional:
-        if not jax.tree.leaves(cond):
-            raise ValueError(
-                f"{owner} is conditional: pass the batched conditioning to "
-                "`nux_eqx.init(flow, x_batch, key=key, cond=cond_batch)` (and `cond=` at every call)."
-            )
-        cond0 = jax.tree.map(lambda a: jnp.zeros(jnp.shape(a)[1:], x_batch.dtype), cond)
-        cond_size = jax.eval_shape(lambda c: cond_features(c, shape), cond0).shape[-1]
-    made = MADE(
-        order,
-        n_params,
-        layer.hidden_layer_sizes,
-        cond_size=cond_size,
-        activation=layer.activation,
-        key=key,
-    )
-    made = cast_floating(made, x_batch.dtype)
-    new = eqx.tree_at(lambda s: s.made, layer, made, is_leaf=lambda v: v is None)
-    if conditional:
-        # `cond_shape` is static metadata: set it on the copy `tree_at` returned.
-        object.__setattr__(new, "cond_shape", _cond_shapes(cond, batched=True))
-    return new
-
-
-def _features(owner, layer, x, cond):
-    got = _cond_shapes(cond, batched=False)
-    if got != layer.cond_shape:
-        raise ShapeError(
-            f"{owner} was initialised with cond leaves of shapes {layer.cond_shape} (one example), "
-            f"but got {got}; pass the same conditioning structure, one example per call (batch it "
-            "with jax.vmap alongside x)."
-        )
-    return cond_features(cond, x.shape).astype(x.dtype)
-
-
-def _affine(params, x, reverse):
-    """The affine transformer: `z = (x - mu) exp(-alpha)`, `alpha = tanh(.)`."""
-    mu, alpha = params[0], jnp.tanh(params[1])
-    out = x * jnp.exp(alpha) + mu if reverse else (x - mu) * jnp.exp(-alpha)
-    return out, -alpha
-
-
-def _spline(layer, params, x, reverse):
-    K = layer.K
-    return rational_quadratic_spline(
-        x,
-        params[:K].T,
-        params[K : 2 * K].T,
-        params[2 * K :].T,
-        B=layer.B,
-        inverse=reverse,
-        min_bin_width=layer.min_bin_width,
-        min_bin_height=layer.min_bin_height,
-        min_derivative=layer.min_derivative,
-    )
-
-
-def _autoregressive(made, transformer, x, reverse, feats):
-    """Forward (density) in one MADE pass; reverse by `lax.scan` over the dimensions.
-
-    `transformer(params, v, reverse) -> (out, log_det)` acts elementwise. In reverse, step
-    `k` recomputes every parameter from the current estimate and inverts; feature `order[k]`
-    is exact after step `k`, because its parameters depend on earlier features only. The
-    last step's parameters are exact for every feature, so its `log_det` is the forward
-    one at the reconstructed `x`."""
-    if not reverse:
-        out, log_det = transformer(made(x, feats), x, False)
-        return out, jnp.sum(log_det)
-
-    def step(carry, _):
-        x_est, _ = carry
-        return transformer(made(x_est, feats), x, True), None
-
-    init = (jnp.zeros_like(x), jnp.zeros_like(x))
-    (out, log_det), _ = jax.lax.scan(step, init, None, length=x.shape[0])
-    return out, jnp.sum(log_det)
-
-
-class MAF(AbstractFlow):
-    """Masked autoregressive flow (Papamakarios et al. 2017; NuX's `MAF`), on vectors.
-
-    A [`nux_eqx.bijective.MADE`][] gives, for each feature `i`, a shift `mu_i` and a raw
-    log-scale, both functions of the features before `i` in the ordering; then
-
-    `z_i = (x_i - mu_i) * exp(-alpha_i)`, with `alpha_i = tanh(raw_i)` in `(-1, 1)`
-
-    (bounded as in NuX, so one layer scales each feature by at most `e`: stack layers for
-    more). The contribution is `-sum(alpha)`. The Jacobian `dz/dx` is triangular in the
-    ordering.
+    A [`nux_eqx.bijective.MADE`][] gives, for each feature `i`, the parameters of the
+    transformer as functions of the features before `i` in the ordering; then
+    `z_i = f(x_i; made(x)_i)`. The contribution is the summed `log|f'|`; the Jacobian
+    `dz/dx` is triangular in the ordering. The transformer is any elementwise bijective
+    layer (see [`nux_eqx.Coupling`][] for how its parameters are counted and supplied):
+    [`nux_eqx.ElementwiseAffine`][] (default; `MAF`), [`nux_eqx.RationalQuadraticSpline`][]
+    (`MaskedAutoregressiveSpline`), or a user's own. The MADE's output layer starts at
+    zero, so the layer starts at the transformer's initial map (the identity for these).
 
     The density direction (forward, `x -> z`) is one MADE pass; sampling (reverse) takes
-    `dim` sequential MADE passes in a `jax.lax.scan`.
-
-    **IAF.** An inverse autoregressive flow is `nux_eqx.Invert(MAF(...))`: fast sampling
-    (one pass), density in `dim` passes; there is no separate class.
+    `dim` sequential MADE passes in a `jax.lax.scan`. An inverse autoregressive flow (fast
+    sampling) is `nux_eqx.Invert(MaskedAutoregressive(...))`.
 
     **Orderings.** `ordering="sequential"` generates feature 0 first, `"reversed"` the last
     one first, `"random"` a permutation fixed by the integer `seed` at construction (pure
@@ -345,243 +245,221 @@ class MAF(AbstractFlow):
     and the data's dimension, never trained, never stored as leaves. Stack layers with
     different orderings (or a `Reverse()` between them).
 
+    **Conditioning.** Initialised with a `cond`, the layer records its structure (a
+    [`nux_eqx.nn.CondSpec`][]) and reads it at every call: the conditioning features
+    (`nux_eqx.nn.cond_features(cond, x.shape)`, every leaf flattened) connect to every unit
+    of the MADE's first hidden layer, unmasked, so the Jacobian in `x` stays triangular;
+    some hidden units see the conditioning only, so every feature's parameters (the first
+    one's too) depend on `cond`. Initialised without `cond`, it takes none.
+
+    ```python
+    import jax.random as jr
+    import nux_eqx as nux
+
+    x = jr.normal(jr.key(0), (64, 6))                       # a batch of (6,) vectors
+    maf = nux.init(nux.MaskedAutoregressive(hidden_layer_sizes=(32, 32)), x, key=jr.key(1))
+    z, log_det = maf(x[0])                                  # z: (6,), log_det: ()
+    x0, _ = maf(z, reverse=True)                            # sampling direction: (6,)
+
+    spline = nux.MaskedAutoregressive(
+        nux.RationalQuadraticSpline(K=8), hidden_layer_sizes=(32, 32), ordering="random"
+    )
+    c = jr.normal(jr.key(2), (64, 2))                       # conditioning, (2,) each
+    spline = nux.init(spline, x, key=jr.key(3), cond=c)
+    z, log_det = spline(x[0], cond=c[0])
+    ```
+
     **Arguments:**
 
+    - `transformer`: an un-initialised elementwise bijective layer (default
+      `ElementwiseAffine()`: shift and `tanh`-bounded log-scale, as NuX's MAF).
     - `hidden_layer_sizes`: the MADE's hidden widths (default `(1024, 1024)`); a width of
       at least `dim - 1` lets every feature see all the earlier ones.
     - `ordering`: `"sequential"` (default), `"reversed"`, `"random"` or a permutation.
     - `seed`: an int that fixes the `"random"` ordering (default 0).
     - `activation`: the MADE's hidden activation (default `jax.nn.relu`).
+    - `conditional`: `None` (default): conditional when `init` is given a `cond`; `True`:
+      `init` requires a `cond`; `False`: never reads `cond`.
     """
 
     made: MADE | None
+    transformer: AbstractFlow = eqx.field(static=True)
     hidden_layer_sizes: tuple[int, ...] = eqx.field(static=True)
     ordering: str | tuple[int, ...] = eqx.field(static=True)
     seed: int = eqx.field(static=True)
     activation: Callable = eqx.field(static=True)
+    conditional: bool | None = eqx.field(static=True)
+    cond_spec: CondSpec | None = eqx.field(static=True, default=None, repr=False)
+    template: AbstractFlow | None = eqx.field(static=True, default=None, repr=False)
     layer_kind: ClassVar[str] = "bijective"
 
     def __init__(
         self,
+        transformer: AbstractFlow | None = None,
         hidden_layer_sizes: Sequence[int] = (1024, 1024),
         ordering: Ordering | Sequence[int] = "sequential",
         *,
         seed: int = 0,
         activation: Callable = jax.nn.relu,
+        conditional: bool | None = None,
     ):
-        self.hidden_layer_sizes, self.ordering, self.seed = _check_common(
-            "MAF", hidden_layer_sizes, ordering, seed
+        owner = "MaskedAutoregressive"
+        self.transformer = (
+            ElementwiseAffine() if transformer is None else check_transformer(owner, transformer)
         )
-        self.activation = activation
+        self.hidden_layer_sizes = tuple(int(h) for h in hidden_layer_sizes)
+        if any(h < 1 for h in self.hidden_layer_sizes):
+            raise ValueError(
+                f"{owner}: hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes}."
+            )
+        if not isinstance(ordering, str):
+            ordering = tuple(int(i) for i in ordering)
+        made_ordering(ordering, len(ordering), 0)  # raises on a bad name or a non-permutation
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise ValueError(f"{owner}: seed must be an int (it fixes the 'random' ordering), got {seed!r}.")
+        if conditional not in (None, True, False):
+            raise ValueError(f"{owner}: conditional must be None, True or False, got {conditional!r}.")
+        self.ordering, self.seed, self.activation, self.conditional = (
+            ordering,
+            int(seed),
+            activation,
+            conditional,
+        )
         self.made = None
 
     def init(self, x_batch, *, key, cond=None):
-        return _init_made("MAF", self, x_batch, key, None, 2, conditional=False)
+        shape, dtype = tuple(x_batch.shape[1:]), x_batch.dtype
+        if len(shape) != 1:
+            raise ShapeError(
+                f"MaskedAutoregressive takes vectors (d,), got examples of shape {shape}; apply `Flatten()` first."
+            )
+        spec = record_cond("MaskedAutoregressive", self.conditional, cond)
+        template = scalar_template("MaskedAutoregressive", self.transformer, dtype)
+        made = MADE(
+            made_ordering(self.ordering, shape[0], self.seed),
+            n_params(template),
+            self.hidden_layer_sizes,
+            cond_size=0 if spec is None else spec.n_features(shape),
+            activation=self.activation,
+            key=key,
+        )
+        new = eqx.tree_at(lambda s: s.made, self, cast_floating(made, dtype), is_leaf=lambda v: v is None)
+        object.__setattr__(new, "cond_spec", spec)  # static metadata, on the copy
+        object.__setattr__(new, "template", template)
+        return new
 
     def transform(self, x: Vector, reverse: bool, *, key: Key, cond: Cond) -> tuple[Vector, Scalar]:
-        return _autoregressive(self.made, _affine, x, reverse, None)
+        feats = read_cond("MaskedAutoregressive", self.cond_spec, self.conditional, cond, x.shape, x.dtype)
+        theta0 = initial_params(self.template, x.dtype)[:, None]
+        if not reverse:
+            z, log_det = apply_transformer(self.template, self.made(x, feats) + theta0, x, False)
+            return z, jnp.sum(log_det)
+
+        # Step k recomputes every parameter from the current estimate and inverts; feature
+        # order[k] is exact after step k, since its parameters depend on earlier features
+        # only. The last step's parameters are exact for every feature, so its log_det is
+        # the forward one at the reconstructed x.
+        def step(carry, _):
+            return apply_transformer(self.template, self.made(carry[0], feats) + theta0, x, True), None
+
+        (out, log_det), _ = jax.lax.scan(
+            step, (jnp.zeros_like(x), jnp.zeros_like(x)), None, length=x.shape[0]
+        )
+        return out, jnp.sum(log_det)
 
 
-class ConditionalMAF(AbstractFlow):
-    """A [`nux_eqx.MAF`][] whose MADE also reads a conditioning `cond`.
+@_builder
+def MAF(
+    hidden_layer_sizes: Sequence[int] = (1024, 1024),
+    ordering: Ordering | Sequence[int] = "sequential",
+    *,
+    seed: int = 0,
+    activation: Callable = jax.nn.relu,
+) -> MaskedAutoregressive:
+    """NuX's `MAF`: `MaskedAutoregressive(ElementwiseAffine(), ...)`, the affine transformer
+    `z_i = (x_i - mu_i) * exp(-alpha_i)` with `alpha_i = tanh(.)` in `(-1, 1)` (bounded as
+    in NuX, so one layer scales each feature by at most `e`: stack layers for more). An
+    IAF is `nux_eqx.Invert(MAF(...))`. Without `cond` at `init` it is unconditional; with
+    one, it is [`nux_eqx.ConditionalMAF`][].
 
-    The same map as `MAF`, with shifts and log-scales that are functions of the earlier
-    features **and** of `cond`: the conditioning features
-    (`nux_eqx.nn.cond_features(cond, x.shape)`, every leaf flattened and concatenated)
-    connect to every unit of the MADE's first hidden layer, unmasked, so the Jacobian in
-    `x` stays triangular; some hidden units see the conditioning only, so every feature's
-    shift and scale (the first one's too) depend on `cond`. `cond` is any pytree of arrays; its leaf shapes are recorded at
-    `init` and every call must use the same shapes. A conditional IAF is
+    **Arguments:** as for [`nux_eqx.MaskedAutoregressive`][].
+    """
+    return MaskedAutoregressive(None, hidden_layer_sizes, ordering, seed=seed, activation=activation)
+
+
+@_builder
+def ConditionalMAF(
+    hidden_layer_sizes: Sequence[int] = (1024, 1024),
+    ordering: Ordering | Sequence[int] = "sequential",
+    *,
+    seed: int = 0,
+    activation: Callable = jax.nn.relu,
+) -> MaskedAutoregressive:
+    """A [`nux_eqx.MAF`][] that requires a `cond`
+    (`MaskedAutoregressive(..., conditional=True)`). A conditional IAF is
     `nux_eqx.Invert(ConditionalMAF(...))`.
 
-    **Orderings.** `ordering="sequential"` generates feature 0 first, `"reversed"` the last
-    one first, `"random"` a permutation fixed by the integer `seed` at construction (pure
-    Python, so it is the same on every machine and version); an explicit permutation is
-    also accepted. The ordering and the masks are static: derived from `ordering`, `seed`
-    and the data's dimension, never trained, never stored as leaves. Stack layers with
-    different orderings (or a `Reverse()` between them).
-
-    **Arguments:** as for `MAF`.
+    **Arguments:** as for [`nux_eqx.MaskedAutoregressive`][].
     """
-
-    made: MADE | None
-    hidden_layer_sizes: tuple[int, ...] = eqx.field(static=True)
-    ordering: str | tuple[int, ...] = eqx.field(static=True)
-    seed: int = eqx.field(static=True)
-    activation: Callable = eqx.field(static=True)
-    cond_shape: tuple[tuple[int, ...], ...] | None = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
-    needs_cond: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        hidden_layer_sizes: Sequence[int] = (1024, 1024),
-        ordering: Ordering | Sequence[int] = "sequential",
-        *,
-        seed: int = 0,
-        activation: Callable = jax.nn.relu,
-    ):
-        self.hidden_layer_sizes, self.ordering, self.seed = _check_common(
-            "ConditionalMAF", hidden_layer_sizes, ordering, seed
-        )
-        self.activation = activation
-        self.cond_shape = None
-        self.made = None
-
-    def init(self, x_batch, *, key, cond=None):
-        return _init_made("ConditionalMAF", self, x_batch, key, cond, 2, conditional=True)
-
-    def transform(self, x: Vector, reverse: bool, *, key: Key, cond: Cond) -> tuple[Vector, Scalar]:
-        feats = _features("ConditionalMAF", self, x, cond)
-        return _autoregressive(self.made, _affine, x, reverse, feats)
+    return MaskedAutoregressive(
+        None, hidden_layer_sizes, ordering, seed=seed, activation=activation, conditional=True
+    )
 
 
-class MaskedAutoregressiveSpline(AbstractFlow):
-    """Autoregressive rational-quadratic spline flow (RQ-NSF (AR), Durkan et al. 2019), on
-    vectors.
+@_builder
+def MaskedAutoregressiveSpline(
+    K: int = 8,
+    B: float = 3.0,
+    hidden_layer_sizes: Sequence[int] = (1024, 1024),
+    ordering: Ordering | Sequence[int] = "sequential",
+    *,
+    seed: int = 0,
+    activation: Callable = jax.nn.relu,
+    min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+    conditional: bool | None = None,
+) -> MaskedAutoregressive:
+    """Autoregressive rational-quadratic spline flow (RQ-NSF (AR), Durkan et al. 2019):
+    `MaskedAutoregressive(RationalQuadraticSpline(K, B, ...), ...)`. Each feature gets a
+    monotone spline with `K` bins on `[-B, B]` and identity tails, whose `3K - 1`
+    parameters the MADE computes from the earlier features.
 
-    Like [`nux_eqx.MAF`][] with the affine transformer replaced by a monotone
-    rational-quadratic spline: a MADE gives, for each feature `i`, the `3K - 1`
-    unconstrained parameters (widths, heights, interior derivatives) of a spline with `K`
-    bins on `[-B, B]` and identity tails (see [`nux_eqx.rational_quadratic_spline`][]),
-    as functions of the features before `i`; `z_i = g_i(x_i)`. The contribution is
-    `sum log g_i'(x_i)`. The MADE's output layer starts at zero, so the layer starts at
-    the identity. Forward (density) is one pass; reverse is a `jax.lax.scan` over the
-    dimensions. `Invert(...)` gives the inverse-autoregressive version.
-
-    **Orderings.** `ordering="sequential"` generates feature 0 first, `"reversed"` the last
-    one first, `"random"` a permutation fixed by the integer `seed` at construction (pure
-    Python, so it is the same on every machine and version); an explicit permutation is
-    also accepted. The ordering and the masks are static: derived from `ordering`, `seed`
-    and the data's dimension, never trained, never stored as leaves. Stack layers with
-    different orderings (or a `Reverse()` between them).
-
-    **Arguments:**
-
-    - `K`: the number of bins (an integer >= 2; default 8).
-    - `B`: the half-width of the interval `[-B, B]` (default 3.0); identity outside.
-    - `hidden_layer_sizes`: the MADE's hidden widths (default `(1024, 1024)`).
-    - `ordering`: `"sequential"` (default), `"reversed"`, `"random"` or a permutation.
-    - `seed`: an int that fixes the `"random"` ordering (default 0).
-    - `activation`: the MADE's hidden activation (default `jax.nn.relu`).
-    - `min_bin_width`, `min_bin_height`: in `(0, 1/K)` (default 1e-3).
-    - `min_derivative`: in `(0, 1)` (default 1e-3).
+    **Arguments:** `K`, `B`, `min_bin_width`, `min_bin_height`, `min_derivative` as for
+    [`nux_eqx.RationalQuadraticSpline`][]; the others as for
+    [`nux_eqx.MaskedAutoregressive`][].
     """
-
-    made: MADE | None
-    K: int = eqx.field(static=True)
-    B: float = eqx.field(static=True)
-    hidden_layer_sizes: tuple[int, ...] = eqx.field(static=True)
-    ordering: str | tuple[int, ...] = eqx.field(static=True)
-    seed: int = eqx.field(static=True)
-    activation: Callable = eqx.field(static=True)
-    min_bin_width: float = eqx.field(static=True)
-    min_bin_height: float = eqx.field(static=True)
-    min_derivative: float = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
-
-    def __init__(
-        self,
-        K: int = 8,
-        B: float = 3.0,
-        hidden_layer_sizes: Sequence[int] = (1024, 1024),
-        ordering: Ordering | Sequence[int] = "sequential",
-        *,
-        seed: int = 0,
-        activation: Callable = jax.nn.relu,
-        min_bin_width: float = 1e-3,
-        min_bin_height: float = 1e-3,
-        min_derivative: float = 1e-3,
-    ):
-        owner = "MaskedAutoregressiveSpline"
-        self.K, self.B, self.min_bin_width, self.min_bin_height, self.min_derivative = check_spline_config(
-            owner, K, B, min_bin_width, min_bin_height, min_derivative
-        )
-        self.hidden_layer_sizes, self.ordering, self.seed = _check_common(
-            owner, hidden_layer_sizes, ordering, seed
-        )
-        self.activation = activation
-        self.made = None
-
-    def init(self, x_batch, *, key, cond=None):
-        n = n_spline_params(self.K)
-        return _init_made("MaskedAutoregressiveSpline", self, x_batch, key, None, n, conditional=False)
-
-    def transform(self, x: Vector, reverse: bool, *, key: Key, cond: Cond) -> tuple[Vector, Scalar]:
-        return _autoregressive(self.made, functools.partial(_spline, self), x, reverse, None)
+    spline = RationalQuadraticSpline(
+        K, B, min_bin_width=min_bin_width, min_bin_height=min_bin_height, min_derivative=min_derivative
+    )
+    return MaskedAutoregressive(
+        spline, hidden_layer_sizes, ordering, seed=seed, activation=activation, conditional=conditional
+    )
 
 
-class ConditionalMaskedAutoregressiveSpline(AbstractFlow):
-    """A [`nux_eqx.MaskedAutoregressiveSpline`][] whose MADE also reads a conditioning `cond`.
-
-    The conditioning features (`nux_eqx.nn.cond_features(cond, x.shape)`) connect to every
-    unit of the MADE's first hidden layer, unmasked, as in [`nux_eqx.ConditionalMAF`][].
-    `cond` is any pytree of arrays; its leaf shapes are recorded at `init` and every call
-    must use the same shapes.
-
-    **Orderings.** `ordering="sequential"` generates feature 0 first, `"reversed"` the last
-    one first, `"random"` a permutation fixed by the integer `seed` at construction (pure
-    Python, so it is the same on every machine and version); an explicit permutation is
-    also accepted. The ordering and the masks are static: derived from `ordering`, `seed`
-    and the data's dimension, never trained, never stored as leaves. Stack layers with
-    different orderings (or a `Reverse()` between them).
-
-    **Arguments:**
-
-    - `K`: the number of bins (an integer >= 2; default 8).
-    - `B`: the half-width of the interval `[-B, B]` (default 3.0); identity outside.
-    - `hidden_layer_sizes`: the MADE's hidden widths (default `(1024, 1024)`).
-    - `ordering`: `"sequential"` (default), `"reversed"`, `"random"` or a permutation.
-    - `seed`: an int that fixes the `"random"` ordering (default 0).
-    - `activation`: the MADE's hidden activation (default `jax.nn.relu`).
-    - `min_bin_width`, `min_bin_height`: in `(0, 1/K)` (default 1e-3).
-    - `min_derivative`: in `(0, 1)` (default 1e-3).
-    """
-
-    made: MADE | None
-    K: int = eqx.field(static=True)
-    B: float = eqx.field(static=True)
-    hidden_layer_sizes: tuple[int, ...] = eqx.field(static=True)
-    ordering: str | tuple[int, ...] = eqx.field(static=True)
-    seed: int = eqx.field(static=True)
-    activation: Callable = eqx.field(static=True)
-    min_bin_width: float = eqx.field(static=True)
-    min_bin_height: float = eqx.field(static=True)
-    min_derivative: float = eqx.field(static=True)
-    cond_shape: tuple[tuple[int, ...], ...] | None = eqx.field(static=True)
-    layer_kind: ClassVar[str] = "bijective"
-    needs_cond: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        K: int = 8,
-        B: float = 3.0,
-        hidden_layer_sizes: Sequence[int] = (1024, 1024),
-        ordering: Ordering | Sequence[int] = "sequential",
-        *,
-        seed: int = 0,
-        activation: Callable = jax.nn.relu,
-        min_bin_width: float = 1e-3,
-        min_bin_height: float = 1e-3,
-        min_derivative: float = 1e-3,
-    ):
-        owner = "ConditionalMaskedAutoregressiveSpline"
-        self.K, self.B, self.min_bin_width, self.min_bin_height, self.min_derivative = check_spline_config(
-            owner, K, B, min_bin_width, min_bin_height, min_derivative
-        )
-        self.hidden_layer_sizes, self.ordering, self.seed = _check_common(
-            owner, hidden_layer_sizes, ordering, seed
-        )
-        self.activation = activation
-        self.cond_shape = None
-        self.made = None
-
-    def init(self, x_batch, *, key, cond=None):
-        n = n_spline_params(self.K)
-        return _init_made(
-            "ConditionalMaskedAutoregressiveSpline", self, x_batch, key, cond, n, conditional=True
-        )
-
-    def transform(self, x: Vector, reverse: bool, *, key: Key, cond: Cond) -> tuple[Vector, Scalar]:
-        feats = _features("ConditionalMaskedAutoregressiveSpline", self, x, cond)
-        return _autoregressive(self.made, functools.partial(_spline, self), x, reverse, feats)
+@_builder
+def ConditionalMaskedAutoregressiveSpline(
+    K: int = 8,
+    B: float = 3.0,
+    hidden_layer_sizes: Sequence[int] = (1024, 1024),
+    ordering: Ordering | Sequence[int] = "sequential",
+    *,
+    seed: int = 0,
+    activation: Callable = jax.nn.relu,
+    min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+) -> MaskedAutoregressive:
+    """A [`nux_eqx.MaskedAutoregressiveSpline`][] that requires a `cond` (same arguments)."""
+    return MaskedAutoregressiveSpline(
+        K,
+        B,
+        hidden_layer_sizes,
+        ordering,
+        seed=seed,
+        activation=activation,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
+        conditional=True,
+    )

@@ -1,5 +1,11 @@
 """Conditioner networks (channels-last, one example at a time)."""
 
+from ._conditioner import CondSpec as CondSpec
+from ._conditioner import DefaultNetwork as DefaultNetwork
+from ._conditioner import build_network as build_network
+from ._conditioner import conditioner_factory as conditioner_factory
+from ._conditioner import read_cond as read_cond
+from ._conditioner import record_cond as record_cond
 from ._nets import (
     MLP as MLP,
 )
@@ -26,6 +32,12 @@ from ._nets import (
 )
 
 __all__ = [
+    "CondSpec",
+    "DefaultNetwork",
+    "build_network",
+    "conditioner_factory",
+    "read_cond",
+    "record_cond",
     "Conv2d",
     "ConvNet",
     "Linear",
