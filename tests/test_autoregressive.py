@@ -183,11 +183,19 @@ def test_conditioning(cls):
     assert flow.made.cond_weight.shape == (H[0], 3)
 
 
-def test_unconditional_maf_ignores_cond():
+def test_conditioning_is_optional():
+    """A MAF reads `cond` when `init` is given one; built with `conditional=False` it
+    ignores it; initialised without one, it refuses one."""
     x, cond = _x(), _cond()
     flow = scramble(_init(nux.MAF(H), x, cond), jr.key(3))
-    assert flow.made.cond_weight is None
-    np.testing.assert_array_equal(flow(x[0], cond=cond[0])[0], flow(x[0])[0])
+    assert flow.made.cond_weight.shape == (H[0], 3)
+    assert not np.allclose(_call(flow, x[0], cond[0])[0], _call(flow, x[0], cond[1])[0])
+    ignoring = scramble(_init(nux.MaskedAutoregressive(None, H, conditional=False), x, cond), jr.key(3))
+    assert ignoring.made.cond_weight is None
+    np.testing.assert_array_equal(ignoring(x[0], cond=cond[0])[0], ignoring(x[0])[0])
+    plain = _init(nux.MAF(H), x, None)
+    with pytest.raises(nux.ShapeError, match="initialised without `cond`"):
+        plain(x[0], cond=cond[0])
 
 
 def test_orderings_and_masks_are_static():

@@ -253,12 +253,12 @@ class SinhArcsinh(nux.AbstractFlow):
 
     def transform(self, x, reverse, *, key, cond):
         b = jnp.exp(self.log_b)
-        if reverse:
-            z, x = x, jnp.sinh((jnp.arcsinh(x) + self.a) / b)
+        if reverse:  # x is the latent side here: invert, then score at the data-side point
+            x = out = jnp.sinh((jnp.arcsinh(x) + self.a) / b)
         else:
-            z = jnp.sinh(b * jnp.arcsinh(x) - self.a)
+            out = jnp.sinh(b * jnp.arcsinh(x) - self.a)
         log_det = self.log_b + jnp.log(jnp.cosh(b * jnp.arcsinh(x) - self.a)) - 0.5 * jnp.log1p(x * x)
-        return z, jnp.sum(log_det)
+        return out, jnp.sum(log_det)
 
 
 @pytest.mark.parametrize("conditional", [False, True], ids=["plain", "cond"])
@@ -286,9 +286,10 @@ def test_user_transformer(make, conditional):
     n = 2 if make is nux.Coupling else 4
     z_ref, ld_ref = jax.vmap(alone)(x)
     np.testing.assert_allclose(z[:n], z_ref[0, :n], rtol=1e-5, atol=1e-6)
-    if conditional:
-        z2, _ = jax.vmap(lambda v, c: flow(v, cond=c))(x, cond + 1.0)
-        assert not np.allclose(z2, jax.vmap(lambda v, c: flow(v, cond=c))(x, cond)[0])
+    if conditional:  # (scrambled: a MADE's output layer starts at zero)
+        f = scramble(flow, jr.key(4), 0.5)
+        z2, _ = jax.vmap(lambda v, c: f(v, cond=c))(x, cond + 1.0)
+        assert not np.allclose(z2, jax.vmap(lambda v, c: f(v, cond=c))(x, cond)[0])
 
 
 def test_cond_structure_is_checked_not_only_leaf_shapes():

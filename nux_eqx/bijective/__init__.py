@@ -1,13 +1,13 @@
 """Bijective layers."""
 
-from ._autoregressive import MADE as MADE
+from ..nn import MADE as MADE
+from ..nn import made_masks as made_masks
+from ..nn import made_ordering as made_ordering
 from ._autoregressive import MAF as MAF
 from ._autoregressive import ConditionalMAF as ConditionalMAF
 from ._autoregressive import ConditionalMaskedAutoregressiveSpline as ConditionalMaskedAutoregressiveSpline
 from ._autoregressive import MaskedAutoregressive as MaskedAutoregressive
 from ._autoregressive import MaskedAutoregressiveSpline as MaskedAutoregressiveSpline
-from ._autoregressive import made_masks as made_masks
-from ._autoregressive import made_ordering as made_ordering
 from ._conv import OneByOneConv as OneByOneConv
 from ._conv import OnebyOneConv as OnebyOneConv
 from ._conv_linear import CircularConv as CircularConv

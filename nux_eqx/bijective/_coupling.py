@@ -11,7 +11,7 @@ import numpy as np
 
 from .._flow import AbstractFlow, ShapeError
 from .._types import AnyShape, Cond, Key, Scalar
-from ..nn import CondSpec, DefaultNetwork, build_network, conditioner_factory, read_cond, record_cond
+from ..nn import CondSpec, DefaultNetwork, build_network, read_cond, record_cond
 from ._spline import RationalQuadraticSpline
 from ._transformers import (
     ElementwiseAffine,
@@ -161,7 +161,11 @@ class Coupling(AbstractFlow):
             )
         if conditional not in (None, True, False):
             raise ValueError(f"Coupling: conditional must be None, True or False, got {conditional!r}.")
-        self.network_factory = conditioner_factory(network_factory, hidden_layer_sizes, n_channels)
+        self.network_factory = (
+            DefaultNetwork(tuple(hidden_layer_sizes), n_channels)
+            if network_factory is None
+            else network_factory
+        )
         self.mask, self.parity, self.conditional = mask, int(parity), conditional
         self.network = None
 

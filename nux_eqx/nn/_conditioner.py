@@ -3,7 +3,7 @@ factory, the one function that builds a layer's network from a factory, and the 
 a `cond`'s structure that a conditional layer checks at every call."""
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -13,14 +13,13 @@ from .._flow import ShapeError
 from ._nets import cast_floating, cond_features, default_network
 
 
-@dataclasses.dataclass(frozen=True)
 class DefaultNetwork:
     """NuX's default conditioner factory: an [`nux_eqx.nn.MLP`][] for vectors, a
     [`nux_eqx.nn.ConvNet`][] for `(h, w, c)` images (see [`nux_eqx.nn.default_network`][]).
 
     A layer builds one from its `hidden_layer_sizes` and `n_channels` keywords; once the
     layer is initialised it keeps only the setting that applies to its data, so its repr
-    shows what it uses.
+    shows what it uses. Immutable and hashable (it is a layer's static field).
 
     **Arguments:**
 
@@ -31,18 +30,40 @@ class DefaultNetwork:
       MLP (its `SimpleMLP`: a zero last layer stalls training) and a zero last convolution.
     """
 
-    hidden_layer_sizes: tuple[int, ...] | None = (1024, 1024, 1024, 1024)
-    n_channels: int | None = 256
-    zero_init: bool | None = None
+    __slots__ = ("hidden_layer_sizes", "n_channels", "zero_init")
 
-    def __post_init__(self):
-        if self.hidden_layer_sizes is not None:
-            sizes = tuple(int(h) for h in self.hidden_layer_sizes)
-            if any(h < 1 for h in sizes):
-                raise ValueError(f"hidden_layer_sizes must be positive integers, got {sizes}.")
-            object.__setattr__(self, "hidden_layer_sizes", sizes)
-        if self.n_channels is not None:
-            object.__setattr__(self, "n_channels", int(self.n_channels))
+    def __init__(
+        self,
+        hidden_layer_sizes: tuple[int, ...] | None = (1024, 1024, 1024, 1024),
+        n_channels: int | None = 256,
+        zero_init: bool | None = None,
+    ):
+        if hidden_layer_sizes is not None:
+            hidden_layer_sizes = tuple(int(h) for h in hidden_layer_sizes)
+            if any(h < 1 for h in hidden_layer_sizes):
+                raise ValueError(f"hidden_layer_sizes must be positive integers, got {hidden_layer_sizes}.")
+        for name, v in (
+            ("hidden_layer_sizes", hidden_layer_sizes),
+            ("n_channels", None if n_channels is None else int(n_channels)),
+            ("zero_init", zero_init),
+        ):
+            object.__setattr__(self, name, v)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("DefaultNetwork is immutable.")
+
+    def _key(self):
+        return (self.hidden_layer_sizes, self.n_channels, self.zero_init)
+
+    def __eq__(self, other):
+        return isinstance(other, DefaultNetwork) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        parts = [f"{n}={v!r}" for n, v in zip(self.__slots__, self._key()) if v is not None]
+        return f"DefaultNetwork({', '.join(parts)})"
 
     def __call__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], *, key: PRNGKeyArray):
         image = len(in_shape) == 3
@@ -53,12 +74,8 @@ class DefaultNetwork:
     def for_shape(self, in_shape: tuple[int, ...]) -> "DefaultNetwork":
         """This factory with only the setting used for inputs of `in_shape`."""
         if len(in_shape) == 3:
-            return dataclasses.replace(self, hidden_layer_sizes=None)
-        return dataclasses.replace(self, n_channels=None)
-
-    def __repr__(self) -> str:
-        parts = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)]
-        return f"DefaultNetwork({', '.join(p for p in parts if not p.endswith('=None'))})"
+            return DefaultNetwork(None, self.n_channels, self.zero_init)
+        return DefaultNetwork(self.hidden_layer_sizes, None, self.zero_init)
 
 
 def build_network(
@@ -157,13 +174,3 @@ def read_cond(
         raise ValueError(f"{owner} is conditional and needs `cond=`; it got none.")
     spec.check(owner, cond)
     return cond_features(cond, like).astype(dtype)
-
-
-def conditioner_factory(
-    network_factory: Callable | None, hidden_layer_sizes: Sequence[int], n_channels: int, zero_init=None
-) -> Callable:
-    """The one network factory a layer holds: the user's `network_factory`, or a
-    `DefaultNetwork` sized by NuX's `hidden_layer_sizes` and `n_channels` keywords."""
-    if network_factory is not None:
-        return network_factory
-    return DefaultNetwork(tuple(hidden_layer_sizes), n_channels, zero_init)
