@@ -96,6 +96,7 @@ from .bijective import ContinuousFlow as ContinuousFlow
 from .bijective import (
     Coupling as Coupling,
 )
+from .bijective import ElementwiseAffine as ElementwiseAffine
 from .bijective import (
     Flatten as Flatten,
 )
@@ -112,6 +113,7 @@ from .bijective import LocalDense as LocalDense
 from .bijective import (
     Logit as Logit,
 )
+from .bijective import MaskedAutoregressive as MaskedAutoregressive
 from .bijective import MaskedAutoregressiveSpline as MaskedAutoregressiveSpline
 from .bijective import NeuralSpline as NeuralSpline
 from .bijective import (
@@ -137,6 +139,7 @@ from .bijective import (
 from .bijective import (
     Scale as Scale,
 )
+from .bijective import Shift as Shift
 from .bijective import (
     Sigmoid as Sigmoid,
 )

@@ -37,18 +37,33 @@ CASES = {
         lambda: nux.MAF(hidden_layer_sizes=()), lambda k: jr.normal(k, (BATCH, 1)), covers=("MAF",)
     ),
     "IAF": Case(lambda: nux.Invert(nux.MAF(ordering="reversed", **H)), covers=("Invert", "MAF")),
-    "ConditionalMAF": Case(lambda: nux.ConditionalMAF(ordering="reversed", **H), cond=cond_tree),
+    "ConditionalMAF": Case(
+        lambda: nux.ConditionalMAF(ordering="reversed", **H), cond=cond_tree, covers=("ConditionalMAF",)
+    ),
     "MaskedAutoregressiveSpline": Case(
-        lambda: nux.MaskedAutoregressiveSpline(K=4, ordering="random", **H), wide_vector
+        lambda: nux.MaskedAutoregressiveSpline(K=4, ordering="random", **H),
+        wide_vector,
+        covers=("MaskedAutoregressiveSpline",),
     ),
     "ConditionalMaskedAutoregressiveSpline": Case(
-        lambda: nux.ConditionalMaskedAutoregressiveSpline(K=3, B=2.0, **H), cond=cond3
+        lambda: nux.ConditionalMaskedAutoregressiveSpline(K=3, B=2.0, **H),
+        cond=cond3,
+        covers=("ConditionalMaskedAutoregressiveSpline",),
     ),
-    "NeuralSpline": Case(lambda: nux.NeuralSpline(K=4, **H), lambda k: 2.5 * jr.normal(k, (BATCH, 5))),
+    "NeuralSpline": Case(
+        lambda: nux.NeuralSpline(K=4, **H), lambda k: 2.5 * jr.normal(k, (BATCH, 5)), covers=("NeuralSpline",)
+    ),
     "NeuralSpline-image": Case(
         lambda: nux.NeuralSpline(K=3, n_channels=8), "image", covers=("NeuralSpline",)
     ),
     "RationalQuadraticSpline": Case(lambda: nux.RationalQuadraticSpline(K=5), wide_vector),
+    "ElementwiseAffine": Case(lambda: nux.ElementwiseAffine(), "image"),
+    "Shift": Case(lambda: nux.Shift()),
+    # A transformer with a non-zero initial parameter in an autoregressive layer.
+    "MaskedAutoregressive-softplus": Case(
+        lambda: nux.MaskedAutoregressive(nux.ElementwiseAffine(scale="softplus"), **H),
+        covers=("MaskedAutoregressive",),
+    ),
     "Tanh": Case(lambda: nux.Tanh()),
     "Softplus": Case(lambda: nux.Softplus(), "image"),
     "SoftmaxPP": Case(lambda: nux.SoftmaxPP(), simplex_side),

@@ -17,6 +17,11 @@ def _cond_pytree(key):
     return {"map": jr.normal(k1, (BATCH, 4, 4, 1)), "vec": jr.normal(k2, (BATCH, 2))}
 
 
+def _cond_pytree_vector(key):
+    k1, k2 = jr.split(key)
+    return {"a": jr.normal(k1, (BATCH, 2)), "b": jr.normal(k2, (BATCH, 2, 2))}
+
+
 def _glow_block():
     return nux.Sequential(nux.ActNorm(), nux.OneByOneConv(), nux.Coupling(n_channels=8))
 
@@ -33,7 +38,16 @@ CASES = {
         lambda k: jr.normal(k, (BATCH, 4, 4, 1)),
         covers=("Coupling",),
     ),
-    "ConditionedCoupling-vector": Case(lambda: nux.ConditionedCoupling(**SMALL), cond=_cond_vector),
+    "ConditionedCoupling-vector": Case(
+        lambda: nux.ConditionedCoupling(**SMALL), cond=_cond_vector, covers=("ConditionedCoupling",)
+    ),
+    # A transformer with a non-zero initial parameter (softplus scale), conditional because
+    # `init` gets a cond.
+    "Coupling-softplus-cond": Case(
+        lambda: nux.Coupling(nux.ElementwiseAffine(scale="softplus"), **SMALL),
+        cond=_cond_pytree_vector,
+        covers=("Coupling", "ElementwiseAffine"),
+    ),
     "ConditionedCoupling-vector-additive": Case(
         lambda: nux.ConditionedCoupling(kind="additive", **SMALL),
         lambda k: jr.normal(k, (BATCH, 5)),

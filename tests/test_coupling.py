@@ -1,4 +1,5 @@
-"""Coupling masks (half / channel / checkerboard) and `ConditionedCoupling`."""
+"""Coupling masks (half / channel / checkerboard), transformers (the user's own included)
+and optional conditioning (`ConditionedCoupling`)."""
 
 import equinox as eqx
 import jax
@@ -166,7 +167,7 @@ def test_conditioned_coupling_uses_cond():
     x = jr.normal(jr.key(0), (8, 4))
     cond = jr.normal(jr.key(1), (8, 3))
     flow = _init_scrambled(nux.ConditionedCoupling(**SMALL), x, cond)
-    assert flow.cond_shape == ((3,),)
+    assert flow.cond_spec.shapes == ((3,),)
     z1, c1 = jax.vmap(flow)(x, cond=cond)
     z2, c2 = jax.vmap(flow)(x, cond=cond + 1.0)
     assert not np.allclose(z1, z2)
@@ -193,7 +194,7 @@ def test_conditioned_coupling_errors():
     with pytest.raises(ValueError, match="is conditional: pass the batched conditioning"):
         nux.init(nux.ConditionedCoupling(**SMALL), x, key=jr.key(0))
     flow = nux.init(nux.ConditionedCoupling(**SMALL), x, key=jr.key(0), cond=cond)
-    with pytest.raises(ValueError, match="ConditionedCoupling is conditional and needs `cond=`"):
+    with pytest.raises(ValueError, match="Coupling is conditional and needs `cond=`"):
         flow(x[0])
     with pytest.raises(
         nux.ShapeError, match=r"initialised with cond leaves of shapes \(\(3,\),\).*got \(\(4,\),\)"
@@ -231,5 +232,100 @@ def test_conditioned_coupling_checkpoint_skeleton(tmp_path):
         nux.ConditionedCoupling(n_channels=8, mask="checkerboard"),
         cond_like=jax.ShapeDtypeStruct((1, 3), jnp.float32),
     )
-    assert loaded.cond_shape == ((3,),)
+    assert loaded.cond_spec.shapes == ((3,),)
     np.testing.assert_array_equal(jax.vmap(loaded)(x, cond=cond)[0], jax.vmap(flow)(x, cond=cond)[0])
+
+
+# ---- transformers and optional conditioning ---------------------------------------------
+
+
+class SinhArcsinh(nux.AbstractFlow):
+    """A user's elementwise layer, written as in the custom-layers tutorial."""
+
+    a: jax.Array | None = None
+    log_b: jax.Array | None = None
+    layer_kind = "bijective"
+
+    def init(self, x_batch, *, key, cond=None):
+        shape = x_batch.shape[1:]
+        new = (jnp.zeros(shape, x_batch.dtype), jnp.full(shape, 0.1, x_batch.dtype))
+        return eqx.tree_at(lambda s: (s.a, s.log_b), self, new, is_leaf=lambda v: v is None)
+
+    def transform(self, x, reverse, *, key, cond):
+        b = jnp.exp(self.log_b)
+        if reverse:  # x is the latent side here: invert, then score at the data-side point
+            x = out = jnp.sinh((jnp.arcsinh(x) + self.a) / b)
+        else:
+            out = jnp.sinh(b * jnp.arcsinh(x) - self.a)
+        log_det = self.log_b + jnp.log(jnp.cosh(b * jnp.arcsinh(x) - self.a)) - 0.5 * jnp.log1p(x * x)
+        return out, jnp.sum(log_det)
+
+
+@pytest.mark.parametrize("conditional", [False, True], ids=["plain", "cond"])
+@pytest.mark.parametrize("make", [nux.Coupling, nux.MaskedAutoregressive], ids=lambda c: c.__name__)
+def test_user_transformer(make, conditional):
+    """A user's elementwise layer plugs in with no other code, with and without cond; the
+    network outputs its 2 parameters per feature, starting at the layer's own init."""
+    from nux_eqx.testing import check_flow
+
+    x = jr.normal(jr.key(0), (8, 4))
+    cond = jr.normal(jr.key(1), (8, 3)) if conditional else None
+    layer = make(SinhArcsinh(), hidden_layer_sizes=(8,))
+    check_flow(layer, x, key=jr.key(2), cond_batch=cond)
+    flow = nux.init(layer, x, key=jr.key(3), cond=cond)
+    if make is nux.Coupling:
+        last = lambda f: (f.network.layers[-1].weight, f.network.layers[-1].bias)  # noqa: E731
+    else:
+        last = lambda f: (f.made.weights[-1], f.made.biases[-1])  # noqa: E731
+    assert last(flow)[1].shape == ((2 * 2,) if make is nux.Coupling else (2 * 4,))
+    # zero the network's last layer: the layer is the transformer at its init (log_b = 0.1)
+    zeroed = eqx.tree_at(last, flow, tuple(jnp.zeros_like(a) for a in last(flow)))
+    alone = nux.init(SinhArcsinh(), x, key=jr.key(0))
+    c0 = None if cond is None else cond[0]
+    z, ld = zeroed(x[0], cond=c0)
+    n = 2 if make is nux.Coupling else 4
+    z_ref, ld_ref = jax.vmap(alone)(x)
+    np.testing.assert_allclose(z[:n], z_ref[0, :n], rtol=1e-5, atol=1e-6)
+    if conditional:  # (scrambled: a MADE's output layer starts at zero)
+        f = scramble(flow, jr.key(4), 0.5)
+        z2, _ = jax.vmap(lambda v, c: f(v, cond=c))(x, cond + 1.0)
+        assert not np.allclose(z2, jax.vmap(lambda v, c: f(v, cond=c))(x, cond)[0])
+
+
+def test_cond_structure_is_checked_not_only_leaf_shapes():
+    """Issue 16: a dict with the leaf shapes of the array the layer was initialised with is refused."""
+    x = jr.normal(jr.key(0), (8, 4))
+    for layer in (nux.Coupling(**SMALL), nux.MAF(hidden_layer_sizes=(8,))):
+        flow = nux.init(layer, x, key=jr.key(0), cond=jnp.zeros((8, 3)))
+        with pytest.raises(
+            nux.ShapeError, match=r"structure PyTreeDef\(\*\).*structure PyTreeDef\(\{'c': \*\}\)"
+        ):
+            flow(x[0], cond={"c": jnp.zeros(3)})
+        flow(x[0], cond=jnp.zeros(3))
+
+
+def test_conditioning_is_optional():
+    x = jr.normal(jr.key(0), (8, 4))
+    plain = nux.init(nux.Coupling(**SMALL), x, key=jr.key(0))
+    assert plain.cond_spec is None
+    with pytest.raises(nux.ShapeError, match="initialised without `cond`.*conditional=False"):
+        plain(x[0], cond=jnp.zeros(3))
+    ignoring = nux.init(nux.Coupling(conditional=False, **SMALL), x, key=jr.key(0), cond=jnp.zeros((8, 3)))
+    assert ignoring.cond_spec is None and ignoring.network.layers[0].weight.shape == (8, 2)
+    np.testing.assert_array_equal(ignoring(x[0], cond=jnp.zeros(3))[0], ignoring(x[0])[0])
+    with pytest.raises(ValueError, match="conditional must be"):
+        nux.Coupling(conditional="yes")
+    with pytest.raises(TypeError, match="elementwise bijective layer"):
+        nux.Coupling(nux.UnitGaussianPrior())
+    with pytest.raises(ValueError, match="un-initialised"):
+        nux.Coupling(nux.init(nux.Shift(), x, key=jr.key(0)))
+    with pytest.raises(ValueError, match="either kind='additive' or transformer="):
+        nux.Coupling(nux.Shift(), kind="additive")
+
+
+def test_repr_shows_only_the_network_settings_that_apply():
+    """Issue 16: an image coupling's repr does not show the MLP's hidden_layer_sizes."""
+    img = nux.init(nux.Coupling(n_channels=4), _image(), key=jr.key(0))
+    vec = nux.init(nux.Coupling(**SMALL), jr.normal(jr.key(0), (8, 4)), key=jr.key(0))
+    assert "hidden_layer_sizes" not in repr(img) and "n_channels=4" in repr(img)
+    assert "n_channels" not in repr(vec) and "hidden_layer_sizes=(8,)" in repr(vec)

@@ -442,20 +442,20 @@ def test_conditional_gaussian_prior_cond_errors():
 def test_conditioned_coupling_cond_errors():
     x, c = jr.normal(jr.key(0), (6, 4)), jr.normal(jr.key(1), (6, 3))
     flow = nux.Sequential(nux.ConditionedCoupling(hidden_layer_sizes=(8,)), nux.UnitGaussianPrior())
-    with pytest.raises(ValueError, match="ConditionedCoupling is conditional: pass the batched conditioning"):
+    with pytest.raises(ValueError, match="Coupling is conditional: pass the batched conditioning"):
         nux.init(flow, x, key=jr.key(0))
     with pytest.raises(nux.ShapeError, match="same leading batch axis"):
         nux.init(flow, x, key=jr.key(0), cond=c[:3])
     flow = nux.init(flow, x, key=jr.key(0), cond=c)
-    with pytest.raises(ValueError, match="ConditionedCoupling is conditional and needs `cond=`"):
+    with pytest.raises(ValueError, match="Coupling is conditional and needs `cond=`"):
         flow(x[0])  # the container passes no cond: the layer inside says so
     with pytest.raises(
-        nux.ShapeError, match=r"ConditionedCoupling was initialised with cond leaves of shapes \(\(3,\),\)"
+        nux.ShapeError, match=r"Coupling was initialised with cond leaves of shapes \(\(3,\),\)"
     ):
         flow(x[0], cond=jnp.zeros(5))
     with pytest.raises(nux.ShapeError, match="one example per call"):
         flow(x[0], cond=c)
-    with pytest.raises(nux.ShapeError, match="ConditionedCoupling was initialised"):
+    with pytest.raises(nux.ShapeError, match="Coupling was initialised"):
         nux.sample(flow, jr.key(0), cond=jnp.zeros((2, 3)))
     z, lp = jax.vmap(flow)(x, cond=c)
     assert finite(z, lp)

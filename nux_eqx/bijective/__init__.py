@@ -1,12 +1,13 @@
 """Bijective layers."""
 
-from ._autoregressive import MADE as MADE
+from ..nn import MADE as MADE
+from ..nn import made_masks as made_masks
+from ..nn import made_ordering as made_ordering
 from ._autoregressive import MAF as MAF
 from ._autoregressive import ConditionalMAF as ConditionalMAF
 from ._autoregressive import ConditionalMaskedAutoregressiveSpline as ConditionalMaskedAutoregressiveSpline
+from ._autoregressive import MaskedAutoregressive as MaskedAutoregressive
 from ._autoregressive import MaskedAutoregressiveSpline as MaskedAutoregressiveSpline
-from ._autoregressive import made_masks as made_masks
-from ._autoregressive import made_ordering as made_ordering
 from ._continuous import ContinuousFlow as ContinuousFlow
 from ._continuous import TimeMLP as TimeMLP
 from ._conv import OneByOneConv as OneByOneConv
@@ -18,6 +19,7 @@ from ._conv_linear import OnebyOneConvLDU as OnebyOneConvLDU
 from ._conv_linear import OneByOneConvLU as OneByOneConvLU
 from ._coupling import ConditionedCoupling as ConditionedCoupling
 from ._coupling import Coupling as Coupling
+from ._coupling import NeuralSpline as NeuralSpline
 from ._elementwise import (
     Identity as Identity,
 )
@@ -74,7 +76,6 @@ from ._residual import LipschitzNetwork as LipschitzNetwork
 from ._residual import LipSwish as LipSwish
 from ._residual import ResidualFlow as ResidualFlow
 from ._residual import update_spectral_state as update_spectral_state
-from ._spline import NeuralSpline as NeuralSpline
 from ._spline import RationalQuadraticSpline as RationalQuadraticSpline
 from ._spline import rational_quadratic_spline as rational_quadratic_spline
 from ._spline import spline_from_knots as spline_from_knots
@@ -82,3 +83,6 @@ from ._spline import spline_knots as spline_knots
 from ._stochastic_logdet import AbstractEstimableFlow as AbstractEstimableFlow
 from ._stochastic_logdet import StochasticLogDet as StochasticLogDet
 from ._stochastic_logdet import stochastic_log_det as stochastic_log_det
+from ._transformers import ElementwiseAffine as ElementwiseAffine
+from ._transformers import Shift as Shift
+from ._upgrade import load_v1 as load_v1

@@ -1,6 +1,7 @@
 """Rational-quadratic splines (Durkan et al. 2019, "Neural Spline Flows"):
-the function `rational_quadratic_spline`, the elementwise layer
-`RationalQuadraticSpline` and the coupling layer `NeuralSpline`.
+the function `rational_quadratic_spline` and the elementwise layer
+`RationalQuadraticSpline`, which is also the transformer of `NeuralSpline` and
+`MaskedAutoregressiveSpline`.
 
 The spline maps `[-B, B]` onto itself through `K` monotone rational-quadratic bins and is
 the identity (slope 1) outside, so it is defined on all of `R` and its derivative is
@@ -8,7 +9,6 @@ continuous at `±B` (the end derivatives are fixed to 1).
 """
 
 import math
-from collections.abc import Callable, Sequence
 
 import equinox as eqx
 import jax
@@ -17,7 +17,6 @@ from jaxtyping import Array, Float
 
 from .._flow import AbstractBijection, ShapeError
 from .._types import AnyShape, Cond, Key, Scalar
-from ..nn import cast_floating, default_network
 
 # --------------------------------------------------------------------------------------
 # Configuration checks (shared with the autoregressive spline).
@@ -278,10 +277,6 @@ def rational_quadratic_spline(
     return spline_from_knots(x, xk, yk, dk, inverse=inverse)
 
 
-def _split_params(p: Array, K: int) -> tuple[Array, Array, Array]:
-    return p[..., :K], p[..., K : 2 * K], p[..., 2 * K :]
-
-
 # --------------------------------------------------------------------------------------
 # Layers.
 # --------------------------------------------------------------------------------------
@@ -293,6 +288,11 @@ class RationalQuadraticSpline(AbstractBijection):
     Every entry of `x` (any shape) has its own spline with `K` bins on `[-B, B]` and the
     identity outside (see [`nux_eqx.rational_quadratic_spline`][]). The parameters start
     at zero, i.e. at the identity map. The contribution is `sum log g'(x)`.
+
+    It is also a transformer: `Coupling(RationalQuadraticSpline(K=8))` is a neural
+    spline coupling, `MaskedAutoregressive(RationalQuadraticSpline(K=8))` an
+    autoregressive spline flow; the network then gives each feature's `3K - 1`
+    parameters (`K` widths, `K` heights, `K - 1` interior derivatives).
 
     **Arguments:**
 
@@ -349,119 +349,3 @@ class RationalQuadraticSpline(AbstractBijection):
             min_derivative=self.min_derivative,
         )
         return z, jnp.sum(log_det)
-
-
-class NeuralSpline(AbstractBijection):
-    """Coupling rational-quadratic spline flow (RQ-NSF (C), Durkan et al. 2019; NuX's
-    `NeuralSpline`), for vectors `(d,)` and images `(h, w, c)`.
-
-    As in [`nux_eqx.Coupling`][], the last axis is split into `x_a` (the first
-    `floor(d/2)` features / channels), which is **transformed**, and `x_b` (the rest),
-    which is passed through and feeds the network: `z_a = g(x_a; net(x_b))`, `z_b = x_b`,
-    elementwise splines with `K` bins on `[-B, B]` and identity tails. The contribution is
-    `sum log g'(x_a)`. The network's last layer starts at zero, so the layer starts at the
-    identity. Pair it with `Reverse()` (vectors) or a 1x1 convolution (images).
-
-    Differences from NuX: NuX's spline acted on `[0, 1]` (identity outside
-    `(1e-5, 1 - 1e-5)`, so inputs had to be squashed into the unit interval first) and
-    transformed the *second* half, conditioned on the first. nux_eqx works on `[-B, B]`
-    with identity (slope 1) tails, so it applies to unbounded data directly, and it
-    transforms the first half like `Coupling`, so the two are interchangeable;
-    `Sequential(Reverse(), NeuralSpline(), Reverse())` transforms the second half.
-
-    **Arguments:**
-
-    - `K`: the number of bins (an integer >= 2; default 8).
-    - `B`: the half-width of the interval (default 3.0).
-    - `hidden_layer_sizes`: widths of the default `nux_eqx.nn.MLP` (vectors).
-    - `n_channels`: hidden width of the default `nux_eqx.nn.ConvNet` (images).
-    - `network_factory`: optional `factory(in_shape, out_shape, *, key) -> module`; it maps
-      `x_b` to `(.., d_a * (3K - 1))`: for each transformed feature, `K` widths, `K`
-      heights and `K - 1` derivatives (unconstrained), in that order.
-    - `min_bin_width`, `min_bin_height`: in `(0, 1/K)` (default 1e-3).
-    - `min_derivative`: in `(0, 1)` (default 1e-3).
-    """
-
-    network: eqx.Module | None
-    K: int = eqx.field(static=True)
-    B: float = eqx.field(static=True)
-    hidden_layer_sizes: tuple[int, ...] = eqx.field(static=True)
-    n_channels: int = eqx.field(static=True)
-    network_factory: Callable | None = eqx.field(static=True)
-    min_bin_width: float = eqx.field(static=True)
-    min_bin_height: float = eqx.field(static=True)
-    min_derivative: float = eqx.field(static=True)
-
-    def __init__(
-        self,
-        K: int = 8,
-        B: float = 3.0,
-        hidden_layer_sizes: Sequence[int] = (1024, 1024, 1024, 1024),
-        n_channels: int = 256,
-        network_factory: Callable | None = None,
-        *,
-        min_bin_width: float = 1e-3,
-        min_bin_height: float = 1e-3,
-        min_derivative: float = 1e-3,
-    ):
-        self.K, self.B, self.min_bin_width, self.min_bin_height, self.min_derivative = check_spline_config(
-            "NeuralSpline", K, B, min_bin_width, min_bin_height, min_derivative
-        )
-        self.hidden_layer_sizes = tuple(int(h) for h in hidden_layer_sizes)
-        if any(h < 1 for h in self.hidden_layer_sizes):
-            raise ValueError(
-                f"NeuralSpline: hidden_layer_sizes must be positive, got {self.hidden_layer_sizes}."
-            )
-        self.n_channels = int(n_channels)
-        self.network_factory = network_factory
-        self.network = None
-
-    def init(self, x_batch, *, key, cond=None):
-        shape = tuple(x_batch.shape[1:])
-        if len(shape) not in (1, 3):
-            raise ShapeError(
-                f"NeuralSpline takes vectors (d,) or images (h, w, c), got examples of shape {shape}."
-            )
-        d_a = shape[-1] // 2
-        if d_a == 0:
-            raise ShapeError(
-                f"NeuralSpline needs at least 2 features on the last axis to split, got shape {shape}; "
-                "use `RationalQuadraticSpline` for a single feature (or `Squeeze()` images first)."
-            )
-        in_shape = (*shape[:-1], shape[-1] - d_a)
-        out_shape = (*shape[:-1], d_a * n_spline_params(self.K))
-        if self.network_factory is None:
-            net = default_network(
-                in_shape,
-                out_shape,
-                key=key,
-                hidden_layer_sizes=self.hidden_layer_sizes,
-                n_channels=self.n_channels,
-            )
-        else:
-            net = self.network_factory(in_shape, out_shape, key=key)
-        out = jax.eval_shape(net, jax.ShapeDtypeStruct(in_shape, x_batch.dtype))
-        if tuple(out.shape) != out_shape:
-            raise ShapeError(
-                f"NeuralSpline: the network maps {in_shape} to {out.shape}, expected {out_shape}."
-            )
-        net = cast_floating(net, x_batch.dtype)
-        return eqx.tree_at(lambda s: s.network, self, net, is_leaf=lambda v: v is None)
-
-    def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
-        d_a = x.shape[-1] // 2
-        x_a, x_b = x[..., :d_a], x[..., d_a:]
-        p = self.network(x_b).reshape(*x_a.shape, n_spline_params(self.K))
-        w, h, d = _split_params(p, self.K)
-        z_a, log_det = rational_quadratic_spline(
-            x_a,
-            w,
-            h,
-            d,
-            B=self.B,
-            inverse=reverse,
-            min_bin_width=self.min_bin_width,
-            min_bin_height=self.min_bin_height,
-            min_derivative=self.min_derivative,
-        )
-        return jnp.concatenate([z_a, x_b], axis=-1), jnp.sum(log_det)

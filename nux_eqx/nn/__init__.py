@@ -1,6 +1,14 @@
 """Conditioner networks (channels-last, one example at a time)."""
 
 from .._context import loop_body as loop_body
+from ._conditioner import CondSpec as CondSpec
+from ._conditioner import DefaultNetwork as DefaultNetwork
+from ._conditioner import build_network as build_network
+from ._conditioner import read_cond as read_cond
+from ._conditioner import record_cond as record_cond
+from ._made import MADE as MADE
+from ._made import made_masks as made_masks
+from ._made import made_ordering as made_ordering
 from ._nets import (
     MLP as MLP,
 )
@@ -33,6 +41,14 @@ from ._spectral import (
 )
 
 __all__ = [
+    "MADE",
+    "made_masks",
+    "made_ordering",
+    "CondSpec",
+    "DefaultNetwork",
+    "build_network",
+    "read_cond",
+    "record_cond",
     "Conv2d",
     "ConvNet",
     "Linear",

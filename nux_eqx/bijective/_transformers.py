@@ -1,0 +1,186 @@
+"""Transformers: elementwise bijections whose parameters a conditioner supplies.
+
+A coupling or autoregressive layer takes `transformer=`, any elementwise bijective layer
+(an `AbstractFlow` whose `transform` acts elementwise on an example of any shape and whose
+parameters are stored unconstrained). The layer initialises it on a batch of scalars,
+counts its parameters, has its network output that many numbers per transformed feature,
+unravels them into the transformer and vmaps it over the features (FlowJAX's pattern).
+This module holds the built-in affine and additive transformers and that mechanism.
+"""
+
+import dataclasses
+import math
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+from .._flow import AbstractBijection, AbstractFlow
+from .._types import AnyShape, Cond, Key, Scalar
+
+ScaleParam = Literal["tanh", "exp", "softplus"]
+_SOFTPLUS_MIN = 1e-3
+
+
+class ElementwiseAffine(AbstractBijection):
+    """An elementwise affine map with a learned shift and scale per feature:
+    `z = (x - shift) / scale`, contribution `-sum(log scale)`.
+
+    As a transformer (`Coupling(transformer=ElementwiseAffine())`, the default) it is
+    RealNVP's and MAF's affine map, the network giving `shift` and the unconstrained scale
+    parameter of each feature. Parameters start at the identity.
+
+    **Arguments:**
+
+    - `scale`: how the unconstrained parameter `u` gives the scale: `"tanh"` (default,
+      NuX's bounded `log scale = tanh(u)`, so one layer scales by at most `e`), `"exp"`
+      (`log scale = u`), or `"softplus"` (`scale = softplus(u) + 1e-3`).
+    """
+
+    shift: Array | None
+    scale_param: Array | None
+    scale: ScaleParam = eqx.field(static=True)
+
+    def __init__(self, scale: ScaleParam = "tanh"):
+        if scale not in ("tanh", "exp", "softplus"):
+            raise ValueError(f"ElementwiseAffine: scale must be 'tanh', 'exp' or 'softplus', got {scale!r}.")
+        self.scale = scale
+        self.shift = self.scale_param = None
+
+    def init(self, x_batch, *, key, cond=None):
+        shape, dt = x_batch.shape[1:], x_batch.dtype
+        u0 = math.log(math.expm1(1.0 - _SOFTPLUS_MIN)) if self.scale == "softplus" else 0.0
+        new = (jnp.zeros(shape, dt), jnp.full(shape, u0, dt))
+        return eqx.tree_at(lambda s: (s.shift, s.scale_param), self, new, is_leaf=lambda v: v is None)
+
+    def log_scale(self) -> Array:
+        u = self.scale_param
+        if self.scale == "tanh":
+            return jnp.tanh(u)
+        if self.scale == "exp":
+            return u
+        return jnp.log(jax.nn.softplus(u) + _SOFTPLUS_MIN)
+
+    def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
+        log_s = self.log_scale()
+        z = x * jnp.exp(log_s) + self.shift if reverse else (x - self.shift) * jnp.exp(-log_s)
+        return z, -jnp.sum(jnp.broadcast_to(log_s, x.shape))
+
+
+class Shift(AbstractBijection):
+    """An elementwise shift `z = x - shift` with a learned shift per feature (volume
+    preserving: contribution 0). As a transformer it is the additive coupling of NICE
+    (`Coupling(kind="additive")`). Starts at the identity."""
+
+    shift: Array | None
+
+    def __init__(self):
+        self.shift = None
+
+    def init(self, x_batch, *, key, cond=None):
+        new = jnp.zeros(x_batch.shape[1:], x_batch.dtype)
+        return eqx.tree_at(lambda s: s.shift, self, new, is_leaf=lambda v: v is None)
+
+    def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
+        return (x + self.shift if reverse else x - self.shift), jnp.zeros((), x.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# The mechanism: a transformer initialised on scalars, with its parameters as slots.
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+    """Where one parameter leaf of a scalar transformer goes: its shape and initial value."""
+
+    shape: tuple[int, ...]
+    init: tuple[float, ...]
+
+    def __repr__(self) -> str:
+        return f"Slot{self.shape}"
+
+
+def check_transformer(owner: str, transformer) -> AbstractFlow:
+    """Validate `transformer=` at construction: an un-initialised bijective layer."""
+    if not isinstance(transformer, AbstractBijection):
+        raise TypeError(
+            f"{owner}: transformer must be an elementwise bijective layer such as "
+            f"`ElementwiseAffine()` or `RationalQuadraticSpline()`, got {transformer!r}."
+        )
+    if jax.tree.leaves(transformer):
+        raise ValueError(
+            f"{owner}: pass the transformer un-initialised (e.g. `RationalQuadraticSpline(K=8)`): "
+            "its parameters come from the layer's network."
+        )
+    return transformer
+
+
+def scalar_template(owner: str, transformer: AbstractFlow, dtype) -> AbstractFlow:
+    """Initialise `transformer` on a batch of scalars and replace each parameter leaf by a
+    `_Slot` (its shape and initial value): a static, hashable template."""
+    # Concrete even while `init` is traced (e.g. under `eqx.filter_eval_shape` to load a
+    # checkpoint): the template is static metadata. A fixed key keeps it deterministic.
+    with jax.ensure_compile_time_eval():
+        t, _ = transformer.init_and_push(jnp.linspace(-1.0, 1.0, 8, dtype=dtype), key=jax.random.key(0))
+    if t.out_shape != ():
+        raise ValueError(
+            f"{owner}: the transformer must be elementwise (scalar in, scalar out), but "
+            f"{type(transformer).__name__} maps () to {t.out_shape}."
+        )
+    leaves, treedef = jax.tree.flatten(t)
+    if not all(eqx.is_inexact_array(a) for a in leaves):
+        raise TypeError(
+            f"{owner}: the transformer's parameters must all be floating arrays (mark other fields static)."
+        )
+    slots = [_Slot(tuple(a.shape), tuple(float(v) for v in np.ravel(a))) for a in leaves]
+    return jax.tree.unflatten(treedef, slots)
+
+
+def _slots(template) -> tuple[list, jax.tree_util.PyTreeDef]:
+    return jax.tree.flatten(template, is_leaf=lambda v: isinstance(v, _Slot))
+
+
+def n_params(template) -> int:
+    """The number of unconstrained parameters per feature."""
+    return sum(math.prod(s.shape) for s in _slots(template)[0])
+
+
+def initial_params(template, dtype) -> Array | None:
+    """The raveled initial parameters, `(n_params,)`, or `None` when they are all zero: a
+    layer adds them to its network's output, so a zero last layer starts it at the
+    transformer's own initial map."""
+    values = [v for s in _slots(template)[0] for v in s.init]
+    return jnp.asarray(values, dtype) if any(values) else None
+
+
+def apply_transformer(template, params: Array, x: Array, reverse: bool) -> tuple[Array, Array]:
+    """Run the transformer on every element of `x`.
+
+    **Arguments:**
+
+    - `template`: from `scalar_template`.
+    - `params`: `(n_params, *x.shape)`: parameter `p` of element `i` at `params[p][i]`,
+      raveled in the transformer's leaf order.
+    - `x`: any shape; `reverse`: the direction.
+
+    **Returns:** `(out, log_det)`, both shaped like `x` (per-element contributions).
+    """
+    slots, treedef = _slots(template)
+    flat = params.reshape(params.shape[0], -1)
+    # Each leaf as (*slot shape, n_elements): the vmapped axis is last, so a scalar
+    # parameter (a shift, a log-scale) is a plain row of `params`, with no transpose.
+    leaves, i = [], 0
+    for s in slots:
+        n = math.prod(s.shape)
+        leaves.append(flat[i : i + n].reshape(*s.shape, flat.shape[1]))
+        i += n
+
+    def one(leaves, xi):
+        return jax.tree.unflatten(treedef, leaves).transform(xi, reverse, key=None, cond=None)
+
+    out, log_det = jax.vmap(one, in_axes=([-1] * len(leaves), 0))(leaves, x.reshape(-1))
+    return out.reshape(x.shape), log_det.reshape(x.shape)
