@@ -82,11 +82,10 @@ def MultiscaleGlow(
     - `dequantization`: `"uniform"` (default) or `"variational"`: Flow++'s
       `VariationalDequantization(scale=dequantize)` with its default learned logit-normal
       noise `q(u | x)` (width `n_channels // 2`), a tighter bound for a little more work
-      per step (on sklearn's digits: 1.94 vs 2.03 test bits/dim for the same 90 s of
-      training, with `factor_out="chain_rule"` and `lmbda=0.01`).
+      per step (measured on the digits in the [performance page](../performance.md)).
     - `lmbda`: the `Logit` squeeze when dequantising (`Logit` maps `[0, 1]` to
-      `[lmbda, 1 - lmbda]` first). Few levels favour a small value: on the 17-level digits
-      `0.01` gives 2.04 test bits/dim where `0.05` gives 2.12.
+      `[lmbda, 1 - lmbda]` first). Data with few levels favour a small value (the
+      [performance page](../performance.md) compares them on the 17-level digits).
     - `kind`: the couplings' kind.
     - `repeat`: wrap each level's `n_blocks` Glow steps in `Repeat(GlowBlock(...), n_blocks)`
       (one `lax.scan` over stacked parameters), so compile time does not grow with
