@@ -239,12 +239,11 @@ def test_conditioned_coupling_checkpoint_skeleton(tmp_path):
 # ---- transformers and optional conditioning ---------------------------------------------
 
 
-class SinhArcsinh(nux.AbstractFlow):
+class SinhArcsinh(nux.AbstractBijection):
     """A user's elementwise layer, written as in the custom-layers tutorial."""
 
     a: jax.Array | None = None
     log_b: jax.Array | None = None
-    layer_kind = "bijective"
 
     def init(self, x_batch, *, key, cond=None):
         shape = x_batch.shape[1:]

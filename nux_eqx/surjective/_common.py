@@ -8,8 +8,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
 from .._containers import ChainRuleCond
-from .._flow import ShapeError
-from ..nn import cast_floating, cond_features, default_network
+from ..nn import DefaultNetwork, cond_features
+from ..nn import build_network as nn_build_network
 
 
 def features(primary: Array, cond: PyTree, like: tuple[int, ...]) -> Array:
@@ -35,18 +35,12 @@ def build_network(
     hidden_layer_sizes: Sequence[int],
     n_channels: int,
 ):
-    """Build a conditioner with `factory` (or `nux_eqx.nn.default_network`), check its
-    output shape and cast it to `dtype`."""
+    """Build a conditioner with `factory` (or NuX's default network sized by
+    `hidden_layer_sizes` / `n_channels`) through the one conditioner path,
+    [`nux_eqx.nn.build_network`][] (output shape checked, dtype cast)."""
     if factory is None:
-        net = default_network(
-            in_shape, out_shape, key=key, hidden_layer_sizes=hidden_layer_sizes, n_channels=n_channels
-        )
-    else:
-        net = factory(in_shape, out_shape, key=key)
-    out = jax.eval_shape(net, jax.ShapeDtypeStruct(in_shape, dtype))
-    if tuple(out.shape) != tuple(out_shape):
-        raise ShapeError(f"{owner}: the network maps {in_shape} to {out.shape}, expected {out_shape}.")
-    return cast_floating(net, dtype)
+        factory = DefaultNetwork(tuple(hidden_layer_sizes), n_channels, zero_init=True)
+    return nn_build_network(owner, factory, in_shape, out_shape, dtype=dtype, key=key)
 
 
 def network_dtype(net) -> jnp.dtype:
