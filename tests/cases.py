@@ -23,12 +23,22 @@ class Case:
     - `data`: a function `key -> x_batch`, or the name of a standard batch below.
     - `cond`: optional `key -> cond_batch`.
     - `covers`: the public names this case exercises (defaults to the flow's class name).
+    - `slow`: run only with `-m slow` (large compiled graphs whose parts have cases of their own).
     """
 
     make: Callable
     data: str | Callable = "vector"
     cond: Callable | None = None
     covers: tuple[str, ...] = ()
+    slow: bool = False
+
+
+def params(cases: dict) -> list:
+    """`pytest.param`s of the case names, the `slow` ones marked `slow` (run with
+    `-m slow`; excluded from the default run to keep CI within its budget)."""
+    import pytest
+
+    return [pytest.param(n, marks=pytest.mark.slow) if cases[n].slow else n for n in sorted(cases)]
 
 
 BATCH = 6

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import pytest
-from cases import all_cases, data_of
+from cases import all_cases, data_of, params
 from jaxtyping import Array
 
 import nux_eqx as nux
@@ -23,7 +23,7 @@ def _needs_key(flow) -> bool:
 # ---- 1. Equinox's transforms take an initialised flow directly ------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", params(CASES))
 def test_equinox_transforms_take_the_flow(name):
     """`eqx.filter_jit(flow)`, `eqx.filter_vmap(flow)` and `eqx.filter_grad` over a function of
     the flow, on every registry case. To stay cheap nothing is compiled: the jitted forward
@@ -123,7 +123,6 @@ def test_fit_shares_the_data_check():
 class _Doubling(nux.AbstractBijection):
     """Declared bijective, but its output has twice as many elements as its input."""
 
-
     def transform(self, x: Array, reverse: bool, *, key, cond):
         if reverse:
             return x[: x.shape[0] // 2], jnp.zeros(())
@@ -131,7 +130,6 @@ class _Doubling(nux.AbstractBijection):
 
 
 class _Dropping(nux.AbstractBijection):
-
     def transform(self, x: Array, reverse: bool, *, key, cond):
         return x[..., :-1], jnp.zeros(())
 

@@ -2,7 +2,7 @@
 
 import jax.random as jr
 import pytest
-from cases import all_cases, data_of
+from cases import all_cases, data_of, params
 
 import nux_eqx as nux
 from nux_eqx.testing import check_flow
@@ -10,7 +10,7 @@ from nux_eqx.testing import check_flow
 CASES = all_cases()
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", params(CASES))
 def test_check_flow(name):
     case = CASES[name]
     k_data, k_cond, k_check = jr.split(jr.key(sum(map(ord, name))), 3)
