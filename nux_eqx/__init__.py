@@ -143,6 +143,8 @@ from .bijective import (
     UnSqueeze as UnSqueeze,
 )
 from .bijective import rational_quadratic_spline as rational_quadratic_spline
+from .bijective import LogisticMixtureCDF as LogisticMixtureCDF
+from .bijective import logistic_mixture_logit as logistic_mixture_logit
 from .bijective import spline_knots as spline_knots
 from .injective import AbstractNoisyInjective as AbstractNoisyInjective
 from .injective import CouplingTallAffineDiagCov as CouplingTallAffineDiagCov

@@ -75,3 +75,5 @@ from ._spline import spline_knots as spline_knots
 from ._transformers import ElementwiseAffine as ElementwiseAffine
 from ._transformers import Shift as Shift
 from ._upgrade import load_v1 as load_v1
+from ._mixture import LogisticMixtureCDF as LogisticMixtureCDF
+from ._mixture import logistic_mixture_logit as logistic_mixture_logit
