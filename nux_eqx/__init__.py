@@ -145,6 +145,9 @@ from .bijective import (
 from .bijective import rational_quadratic_spline as rational_quadratic_spline
 from .bijective import LogisticMixtureCDF as LogisticMixtureCDF
 from .bijective import logistic_mixture_logit as logistic_mixture_logit
+from .bijective import CircularRationalQuadraticSpline as CircularRationalQuadraticSpline
+from .bijective import circular_rational_quadratic_spline as circular_rational_quadratic_spline
+from .priors import UniformPrior as UniformPrior
 from .bijective import spline_knots as spline_knots
 from .injective import AbstractNoisyInjective as AbstractNoisyInjective
 from .injective import CouplingTallAffineDiagCov as CouplingTallAffineDiagCov

@@ -77,3 +77,5 @@ from ._transformers import Shift as Shift
 from ._upgrade import load_v1 as load_v1
 from ._mixture import LogisticMixtureCDF as LogisticMixtureCDF
 from ._mixture import logistic_mixture_logit as logistic_mixture_logit
+from ._circular import CircularRationalQuadraticSpline as CircularRationalQuadraticSpline
+from ._circular import circular_rational_quadratic_spline as circular_rational_quadratic_spline

@@ -51,3 +51,9 @@ __all__ = [
     "default_network",
     "loop_body",
 ]
+
+from ._gated import GatedResNet as GatedResNet  # noqa: E402
+from ._gated import GatedResNetFactory as GatedResNetFactory  # noqa: E402
+from ._gated import concat_elu as concat_elu  # noqa: E402
+
+__all__ += ["GatedResNet", "GatedResNetFactory", "concat_elu"]
