@@ -161,6 +161,7 @@ from .injective import importance_weighted as importance_weighted
 from .models import GlowBlock as GlowBlock
 from .models import MaskedAutoregressiveFlow as MaskedAutoregressiveFlow
 from .models import MultiscaleGlow as MultiscaleGlow
+from .models import FlowPlusPlus as FlowPlusPlus
 from .models import NeuralSplineFlow as NeuralSplineFlow
 from .models import RealNVP as RealNVP
 from .models import multi_scale as multi_scale
