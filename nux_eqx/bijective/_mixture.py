@@ -22,6 +22,7 @@ from .._types import AnyShape, Cond, Key, Scalar
 # exp(-log_scale) finite in float32 for any parameter value.
 _LOG_SCALE_BOUND = 7.0
 _SOFTPLUS_MIN = 1e-3
+_LOG_A_BOUND = 15.0
 
 
 def _mixture_terms(x, logits, means, log_scales):
@@ -37,7 +38,8 @@ def _mixture_terms(x, logits, means, log_scales):
 
 def _log_scale(u, scale: str):
     if scale == "exp":
-        return u
+        # Clipped so that exp stays finite in float32 for any parameter value.
+        return jnp.clip(u, -_LOG_A_BOUND, _LOG_A_BOUND)
     return jnp.log(jax.nn.softplus(u) + _SOFTPLUS_MIN)
 
 
@@ -119,7 +121,8 @@ def logistic_mixture_logit(
     polished = jnp.clip(mid - jnp.where(jnp.isfinite(step), step, 0.0), lo, hi)
     # The value is `polished`; the gradient is the implicit function's.
     g, log_dg = g_and_log_dg(polished)
-    out = polished - (g - sg(g)) * sg(jnp.exp(-log_dg))
+    r = g - y  # zero up to rounding; its gradients in (theta, y) give dx = -dr / g'
+    out = polished - (r - sg(r)) * sg(jnp.exp(-log_dg))
     return out, log_dg
 
 
@@ -130,7 +133,8 @@ class LogisticMixtureCDF(AbstractFlow):
     `z = logit(sum_k pi_k sigmoid((x - mu_k) / s_k)) * a + b`
 
     with `pi = softmax(logits)`, `s_k = exp(log_scales_k)`, `a = exp(u)` (`scale="exp"`,
-    Flow++'s) or `softplus(u) + 1e-3`, all parameters stored unconstrained. The
+    Flow++'s; `u` clipped to `[-15, 15]`) or `softplus(u) + 1e-3`, all parameters stored
+    unconstrained. The
     contribution is `sum log g'(x) + log a` (see [`nux_eqx.logistic_mixture_logit`][] for
     the log-space formulas, finite for any parameters, and the inverse: a bisection on a
     bracket that always contains the root, `n_bisection` steps then one Newton step;
