@@ -91,6 +91,11 @@ CASES = {
         cond=_cond,
         covers=("CircularRationalQuadraticSpline",),
     ),
+    "FlowPlusPlus": Case(
+        lambda: nux.FlowPlusPlus(n_checkerboard=1, n_channel=1, n_channels=8, n_blocks=1, K=2, dequantize=17),
+        lambda k: jr.randint(k, (BATCH, 4, 4, 1), 0, 17).astype("float32"),
+        covers=("FlowPlusPlus", "LogisticMixtureCDF"),
+    ),
     "UniformPrior-torus": Case(
         lambda: nux.Sequential(nux.Coupling(_circ(), **SMALL), nux.UniformPrior(-math.pi, math.pi)),
         lambda k: jr.uniform(k, (BATCH, 2), minval=-3.0, maxval=3.0),
