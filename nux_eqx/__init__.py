@@ -87,6 +87,7 @@ from .bijective import AffineDense as AffineDense
 from .bijective import AffineLDU as AffineLDU
 from .bijective import AffineSVD as AffineSVD
 from .bijective import CircularConv as CircularConv
+from .bijective import CircularRationalQuadraticSpline as CircularRationalQuadraticSpline
 from .bijective import ConditionalMAF as ConditionalMAF
 from .bijective import ConditionalMaskedAutoregressiveSpline as ConditionalMaskedAutoregressiveSpline
 from .bijective import (
@@ -110,6 +111,7 @@ from .bijective import (
 from .bijective import LipschitzNetwork as LipschitzNetwork
 from .bijective import LipSwish as LipSwish
 from .bijective import LocalDense as LocalDense
+from .bijective import LogisticMixtureCDF as LogisticMixtureCDF
 from .bijective import (
     Logit as Logit,
 )
@@ -157,6 +159,8 @@ from .bijective import (
 from .bijective import (
     UnSqueeze as UnSqueeze,
 )
+from .bijective import circular_rational_quadratic_spline as circular_rational_quadratic_spline
+from .bijective import logistic_mixture_logit as logistic_mixture_logit
 from .bijective import rational_quadratic_spline as rational_quadratic_spline
 from .bijective import spline_knots as spline_knots
 from .bijective import stochastic_log_det as stochastic_log_det
@@ -170,6 +174,7 @@ from .injective import NIFTerms as NIFTerms
 from .injective import TallAffineDiagCov as TallAffineDiagCov
 from .injective import UpSample as UpSample
 from .injective import importance_weighted as importance_weighted
+from .models import FlowPlusPlus as FlowPlusPlus
 from .models import GlowBlock as GlowBlock
 from .models import MaskedAutoregressiveFlow as MaskedAutoregressiveFlow
 from .models import MultiscaleGlow as MultiscaleGlow
@@ -189,6 +194,7 @@ from .priors import LogisticPrior as LogisticPrior
 from .priors import MixtureGaussianPrior as MixtureGaussianPrior
 from .priors import StudentTPrior as StudentTPrior
 from .priors import UniformDirichletPrior as UniformDirichletPrior
+from .priors import UniformPrior as UniformPrior
 from .priors import (
     UnitGaussianPrior as UnitGaussianPrior,
 )

@@ -115,6 +115,16 @@ MODELS: dict[str, ModelSpec] = {
         ("image",),
         "the same Glow with N(0, I) for the factored-out halves and uniform dequantisation (faster steps)",
     ),
+    "flowpp": ModelSpec(
+        lambda split: __import__("nux_eqx").FlowPlusPlus(
+            n_levels=2 if split.shape[0] % 2 == 0 and split.shape[1] % 2 == 0 else 1,
+            dequantize=split.levels,
+            lmbda=0.01 if split.levels is not None and split.levels <= 32 else 0.05,
+        ),
+        ("image",),
+        "Flow++-style: 6 logistic-mixture (K=4) couplings, gated residual nets (width 16, no attention), "
+        "variational dequantisation",
+    ),
     "realnvp": ModelSpec(_vector("realnvp"), ("vector",), "RealNVP: 8 affine couplings, MLP 2x128, ActNorm"),
     "maf": ModelSpec(_vector("maf"), ("vector",), "masked autoregressive flow: 5 MADE layers 2x128"),
     "nsf": ModelSpec(

@@ -8,6 +8,8 @@ from ._autoregressive import ConditionalMAF as ConditionalMAF
 from ._autoregressive import ConditionalMaskedAutoregressiveSpline as ConditionalMaskedAutoregressiveSpline
 from ._autoregressive import MaskedAutoregressive as MaskedAutoregressive
 from ._autoregressive import MaskedAutoregressiveSpline as MaskedAutoregressiveSpline
+from ._circular import CircularRationalQuadraticSpline as CircularRationalQuadraticSpline
+from ._circular import circular_rational_quadratic_spline as circular_rational_quadratic_spline
 from ._continuous import ContinuousFlow as ContinuousFlow
 from ._continuous import TimeMLP as TimeMLP
 from ._conv import OneByOneConv as OneByOneConv
@@ -40,6 +42,8 @@ from ._linear import AffineDense as AffineDense
 from ._linear import AffineLDU as AffineLDU
 from ._linear import AffineSVD as AffineSVD
 from ._linear import Householder as Householder
+from ._mixture import LogisticMixtureCDF as LogisticMixtureCDF
+from ._mixture import logistic_mixture_logit as logistic_mixture_logit
 from ._nonlinear import SoftmaxPP as SoftmaxPP
 from ._nonlinear import Softplus as Softplus
 from ._nonlinear import Tanh as Tanh

@@ -86,6 +86,19 @@ def _two_spirals(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.permutation(x)
 
 
+# The torus toy: an equal mixture of products of von Mises densities on two angles.
+_TORUS_MEANS = np.array([(-2.0, -2.0), (0.0, 1.5), (2.0, -1.0), (3.0, 3.0)])  # the last wraps
+_TORUS_KAPPAS = np.array([(4.0, 4.0), (2.0, 8.0), (6.0, 3.0), (5.0, 5.0)])
+
+
+def _torus(rng: np.random.Generator, n: int) -> np.ndarray:
+    idx = rng.integers(0, len(_TORUS_MEANS), n)
+    theta = rng.vonmises(_TORUS_MEANS[idx], _TORUS_KAPPAS[idx])
+    theta = np.mod(theta + math.pi, 2 * math.pi) - math.pi  # into [-pi, pi)
+    # ... also after the float32 cast: the largest float32 below pi.
+    return np.minimum(theta, float(np.nextafter(np.float32(math.pi), np.float32(0))))
+
+
 TOYS = {
     "moons": (_moons, "2-D two moons (FFJORD: make_moons noise 0.1, scaled by 2, shifted)"),
     "circles": (_circles, "2-D two noisy concentric circles (FFJORD: make_circles factor .5, noise .08, x3)"),
@@ -94,6 +107,10 @@ TOYS = {
     "pinwheel": (_pinwheel, "2-D pinwheel with 5 arms (FFJORD)"),
     "2spirals": (_two_spirals, "2-D two interleaved spirals (FFJORD)"),
     "rings": (_rings, "2-D four concentric rings (FFJORD)"),
+    "torus": (
+        _torus,
+        "2 angles in [-pi, pi): a mixture of 4 von Mises products on the torus; exact NLL known",
+    ),
 }
 
 
@@ -122,7 +139,7 @@ def toy(
     **Arguments:**
 
     - `name`: one of `moons`, `circles`, `8gaussians`, `checkerboard`, `pinwheel`,
-      `2spirals`, `rings`.
+      `2spirals`, `rings`, `torus` (angles in `[-pi, pi)`).
     - `seed`: the split draws use `numpy.random.default_rng([seed, i])`, i = 0, 1, 2.
     - `n_train`, `n_valid`, `n_test`: sizes.
 
@@ -139,16 +156,19 @@ def toy(
 
 
 def toy_log_prob(name: str, x: np.ndarray) -> np.ndarray:
-    """The exact log-density of the toys that have one: `8gaussians` and `checkerboard`.
+    """The exact log-density of the toys that have one: `8gaussians`, `checkerboard` and
+    `torus`.
 
     `8gaussians` is the mixture `(1/8) sum_i N(c_i / 1.414, (0.5 / 1.414)^2 I)`;
-    `checkerboard` is uniform (density 1/32) on its 8 squares of side 2, `-inf` outside.
+    `checkerboard` is uniform (density 1/32) on its 8 squares of side 2, `-inf` outside;
+    `torus` is `(1/4) sum_i prod_j exp(kappa_ij cos(x_j - mu_ij)) / (2 pi I0(kappa_ij))` on
+    `[-pi, pi)^2` (with respect to the angles), `-inf` outside.
     The mean of `-toy_log_prob` over a test set is the true NLL (about 2.833 and
     log 32 = 3.466).
 
     **Arguments:**
 
-    - `name`: `"8gaussians"` or `"checkerboard"`.
+    - `name`: `"8gaussians"`, `"checkerboard"` or `"torus"`.
     - `x`: points, shape `(n, 2)`.
 
     **Returns:** an `(n,)` float64 array.
@@ -168,4 +188,12 @@ def toy_log_prob(name: str, x: np.ndarray) -> np.ndarray:
         a, b = np.floor(x[:, 0] / 2), np.floor(x[:, 1] / 2)
         on = inside & ((a + b) % 2 == 0)
         return np.where(on, -math.log(32.0), -np.inf)
-    raise ValueError(f"the exact density is known for '8gaussians' and 'checkerboard', not {name!r}.")
+    if name == "torus":
+        d = x[:, None, :] - _TORUS_MEANS[None]
+        comp = np.sum(_TORUS_KAPPAS * np.cos(d) - np.log(2 * math.pi * np.i0(_TORUS_KAPPAS)), -1)
+        inside = np.all((x >= -math.pi) & (x < math.pi), 1)
+        m = comp.max(1)
+        return np.where(inside, m + np.log(np.mean(np.exp(comp - m[:, None]), 1)), -np.inf)
+    raise ValueError(
+        f"the exact density is known for '8gaussians', 'checkerboard' and 'torus', not {name!r}."
+    )

@@ -6,6 +6,9 @@ from ._conditioner import DefaultNetwork as DefaultNetwork
 from ._conditioner import build_network as build_network
 from ._conditioner import read_cond as read_cond
 from ._conditioner import record_cond as record_cond
+from ._gated import GatedResNet as GatedResNet
+from ._gated import GatedResNetFactory as GatedResNetFactory
+from ._gated import concat_elu as concat_elu
 from ._made import MADE as MADE
 from ._made import made_masks as made_masks
 from ._made import made_ordering as made_ordering
@@ -41,6 +44,9 @@ from ._spectral import (
 )
 
 __all__ = [
+    "GatedResNet",
+    "GatedResNetFactory",
+    "concat_elu",
     "MADE",
     "made_masks",
     "made_ordering",
@@ -61,3 +67,5 @@ __all__ = [
     "spectral_norm",
     "update_spectral_norm",
 ]
+
+

@@ -17,3 +17,4 @@ from ._more import LogisticPrior as LogisticPrior
 from ._more import MixtureGaussianPrior as MixtureGaussianPrior
 from ._more import StudentTPrior as StudentTPrior
 from ._more import UniformDirichletPrior as UniformDirichletPrior
+from ._uniform import UniformPrior as UniformPrior
