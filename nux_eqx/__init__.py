@@ -144,6 +144,9 @@ from .bijective import (
 )
 from .bijective import rational_quadratic_spline as rational_quadratic_spline
 from .bijective import spline_knots as spline_knots
+from .bijective import BNAF as BNAF
+from .bijective import BlockAutoregressiveNetwork as BlockAutoregressiveNetwork
+from .bijective import DeepSigmoidal as DeepSigmoidal
 from .injective import AbstractNoisyInjective as AbstractNoisyInjective
 from .injective import CouplingTallAffineDiagCov as CouplingTallAffineDiagCov
 from .injective import CouplingUpSample as CouplingUpSample

@@ -75,3 +75,6 @@ from ._spline import spline_knots as spline_knots
 from ._transformers import ElementwiseAffine as ElementwiseAffine
 from ._transformers import Shift as Shift
 from ._upgrade import load_v1 as load_v1
+from ._bnaf import BNAF as BNAF
+from ._bnaf import BlockAutoregressiveNetwork as BlockAutoregressiveNetwork
+from ._sigmoidal import DeepSigmoidal as DeepSigmoidal
