@@ -138,7 +138,8 @@ def jax_train(cfg, data, step, state, *, eval_nll=None, log_prob=None, sample=No
         res["log_prob_pts_s"] = N_EVAL / C.median_call_s(lambda: log_prob(state, x10k), block)
     if sample is not None:
         key = jax.random.key(7)
-        res["samples_s"] = N_EVAL / C.median_call_s(lambda: sample(state, key, N_EVAL), block)
+        n_s = cfg.get("n_sample", N_EVAL)  # fewer for the numerically inverted NAF flows
+        res["samples_s"] = n_s / C.median_call_s(lambda: sample(state, key, n_s), block)
     return res
 
 
@@ -573,6 +574,7 @@ def main(argv=None):
     p.add_argument("--nux-step", choices=["make_step", "plain"], default="make_step")
     p.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--tag", default=None, help="suffix of the results file")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per job (default 900)")
     a = p.parse_args(argv)
 
     steps = a.steps or (300 if a.quick else 3000)
@@ -598,9 +600,11 @@ def main(argv=None):
                 "actnorm": a.actnorm,
                 "nux_step": a.nux_step,
                 "torch_threads": a.torch_threads,
+                # bnaf / naf sample by bisection (d x ~60 network passes per layer): time 500.
+                "n_sample": 500 if any(j.split(":")[1] in NAF_MODELS for j in jobs) else N_EVAL,
             }
             print(f"seed {seed}: {steps} steps, jobs {jobs}")
-            results = C.run_workers(os.path.abspath(__file__), jobs, cfg)
+            results = C.run_workers(os.path.abspath(__file__), jobs, cfg, timeout_s=a.timeout)
             rows, ratios = summarise(results)
             out["runs"].append({"seed": seed, "config": cfg, "results": results, "nux_over_flowjax": ratios})
             all_rows += rows
