@@ -31,13 +31,21 @@ def _round_trip(layer, x):
 
 
 def test_inverse_accuracy(bnaf):
-    # Points near 0 and far out: the bracket must expand (|x| up to ~300 needs 2-3 of the
-    # 8 sixteen-fold expansions) and bisection must still reach float32 resolution.
-    x = jnp.concatenate([jr.normal(jr.key(3), (64, 3)), 100.0 * jr.normal(jr.key(4), (16, 3))])
+    # Moderate points: forward error at float32 resolution.
+    x = 2.0 * jr.normal(jr.key(3), (64, 3))
     z, c, xr, cr = _round_trip(bnaf, x)
     err = jnp.abs(xr - x) / (1.0 + jnp.abs(x))
     assert float(jnp.max(err)) < 1e-5, float(jnp.max(err))
     assert float(jnp.max(jnp.abs(cr - c))) < 1e-4
+    # Far points (|x| up to ~300: the bracket must expand 2-3 of its 8 sixteen-fold steps).
+    # There the network is nearly flat (slopes ~1e-3), so float32 rounding of z limits the
+    # forward error to ~1e-7 |z| / slope; the residual (backward error) stays at float
+    # resolution and the forward error within 1e-3 relative.
+    x = 100.0 * jr.normal(jr.key(4), (16, 3))
+    z, c, xr, cr = _round_trip(bnaf, x)
+    zr = jax.vmap(bnaf)(xr)[0]
+    assert float(jnp.max(jnp.abs(zr - z) / (1.0 + jnp.abs(z)))) < 1e-6
+    assert float(jnp.max(jnp.abs(xr - x) / (1.0 + jnp.abs(x)))) < 1e-3
 
 
 def test_inverse_is_triangular_and_gradient_is_implicit(bnaf):
