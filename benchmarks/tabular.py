@@ -139,7 +139,10 @@ def jax_train(cfg, data, step, state, *, eval_nll=None, log_prob=None, sample=No
     if sample is not None:
         key = jax.random.key(7)
         n_s = cfg.get("n_sample", N_EVAL)  # fewer for the numerically inverted NAF flows
-        res["samples_s"] = n_s / C.median_call_s(lambda: sample(state, key, n_s), block)
+        try:  # a numerical inverse may refuse (flowjax's BNAF search raises at max_steps)
+            res["samples_s"] = n_s / C.median_call_s(lambda: sample(state, key, n_s), block)
+        except Exception as e:  # noqa: BLE001 - recorded in the results, the run goes on
+            res["samples_s"], res["samples_error"] = None, f"{type(e).__name__}: {str(e)[:300]}"
     return res
 
 

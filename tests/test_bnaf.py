@@ -31,11 +31,15 @@ def _round_trip(layer, x):
 
 
 def test_inverse_accuracy(bnaf):
-    # Moderate points: forward error at float32 resolution.
+    # Moderate points: the residual (backward error) is at float32 resolution and the
+    # forward error is that over the slope: small here even on these strongly scrambled
+    # parameters (check_flow demands 1e-5 on its milder ones, registry cases).
     x = 2.0 * jr.normal(jr.key(3), (64, 3))
     z, c, xr, cr = _round_trip(bnaf, x)
+    zr = jax.vmap(bnaf)(xr)[0]
+    assert float(jnp.max(jnp.abs(zr - z) / (1.0 + jnp.abs(z)))) < 1e-6
     err = jnp.abs(xr - x) / (1.0 + jnp.abs(x))
-    assert float(jnp.max(err)) < 1e-5, float(jnp.max(err))
+    assert float(jnp.max(err)) < 1e-4, float(jnp.max(err))
     assert float(jnp.max(jnp.abs(cr - c))) < 1e-4
     # Far points (|x| up to ~300: the bracket must expand 2-3 of its 8 sixteen-fold steps).
     # There the network is nearly flat (slopes ~1e-3), so float32 rounding of z limits the
@@ -80,9 +84,10 @@ def test_bad_arguments():
 
 @pytest.mark.slow
 def test_fits_eight_gaussians():
-    """A BNAF trained for 600 steps on 8gaussians gets within 0.3 nats of the exact test
-    NLL (about 2.83): a loose bound that a broken log-det or a Gaussian fit (NLL ~ 3.3)
-    fails; the flow cannot beat the exact NLL by more than sampling noise."""
+    """A BNAF trained for 3000 steps on 8gaussians gets within 0.3 nats of the exact test
+    NLL (about 2.82; it reached 3.00 when written, ~20 s): a loose bound that a broken
+    log-det or a Gaussian fit (NLL ~ 3.3) fails; the flow cannot beat the exact NLL by more
+    than sampling noise."""
     data = nux.data.toy("8gaussians", n_train=20_000, n_valid=10, n_test=5_000, seed=0)
     exact = float(-np.mean(nux.data.toy_log_prob("8gaussians", data.test)))
     layers = []
@@ -93,7 +98,7 @@ def test_fits_eight_gaussians():
     step = nux.train.make_step(optax.adam(3e-3))
     opt = step.init(flow)
     rng = np.random.default_rng(0)
-    for i in range(600):
+    for i in range(3000):
         xb = jnp.asarray(data.train[rng.integers(0, len(data.train), 256)])
         flow, opt, loss = step(flow, opt, xb, key=jr.key(i))
     test_nll = float(eqx.filter_jit(nux.train.nll)(flow, jnp.asarray(data.test)))
