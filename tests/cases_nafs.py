@@ -20,7 +20,10 @@ def _cond3(key):
 
 
 CASES = {
-    "BlockAutoregressiveNetwork": Case(lambda: nux.BlockAutoregressiveNetwork(depth=2, block_dim=3), _wide),
+    # Standard-normal data: in the flat tails (slopes ~ leak) float32 limits the inverse
+    # to ~1e-7 |z| / slope, above check_flow's 1e-5 (see the docstring; test_bnaf.py
+    # tests the tails with their own bound).
+    "BlockAutoregressiveNetwork": Case(lambda: nux.BlockAutoregressiveNetwork(depth=2, block_dim=3)),
     "BNAF-cond-depth0": Case(lambda: nux.BNAF(depth=0), cond=_cond3, covers=("BNAF",)),
     "BNAF-cond": Case(lambda: nux.BNAF(depth=1, block_dim=4, leak=0.0), cond=_cond3, covers=("BNAF",)),
     "DeepSigmoidal": Case(lambda: nux.DeepSigmoidal(K=4), _wide),
