@@ -164,9 +164,14 @@ class MaskedAutoregressive(AbstractFlow):
 
     def transform(self, x: Vector, reverse: bool, *, key: Key, cond: Cond) -> tuple[Vector, Scalar]:
         feats = read_cond("MaskedAutoregressive", self.cond_spec, self.conditional, cond, x.shape, x.dtype)
-        theta0 = initial_params(self.template, x.dtype)[:, None]
+        theta0 = initial_params(self.template, x.dtype)
+
+        def params(v):
+            p = self.made(v, feats)
+            return p if theta0 is None else p + theta0[:, None]
+
         if not reverse:
-            z, log_det = apply_transformer(self.template, self.made(x, feats) + theta0, x, False)
+            z, log_det = apply_transformer(self.template, params(x), x, False)
             return z, jnp.sum(log_det)
 
         # Step k recomputes every parameter from the current estimate and inverts; feature
@@ -174,7 +179,7 @@ class MaskedAutoregressive(AbstractFlow):
         # only. The last step's parameters are exact for every feature, so its log_det is
         # the forward one at the reconstructed x.
         def step(carry, _):
-            return apply_transformer(self.template, self.made(carry[0], feats) + theta0, x, True), None
+            return apply_transformer(self.template, params(carry[0]), x, True), None
 
         (out, log_det), _ = jax.lax.scan(
             step, (jnp.zeros_like(x), jnp.zeros_like(x)), None, length=x.shape[0]

@@ -226,12 +226,13 @@ class Coupling(AbstractFlow):
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         feats = read_cond("Coupling", self.cond_spec, self.conditional, cond, x.shape, x.dtype)
         theta0 = initial_params(self.template, x.dtype)
+        n_p = n_params(self.template)
 
         def params(inp, n_a):
             if feats is not None:
                 inp = jnp.concatenate([inp, feats], axis=-1)
-            out = self.network(inp).reshape(*inp.shape[:-1], theta0.shape[0], n_a)
-            return jnp.moveaxis(out, -2, 0) + theta0.reshape(-1, *([1] * (out.ndim - 1)))
+            out = jnp.moveaxis(self.network(inp).reshape(*inp.shape[:-1], n_p, n_a), -2, 0)
+            return out if theta0 is None else out + theta0.reshape(-1, *([1] * (out.ndim - 1)))
 
         if self.mask == "checkerboard":
             m = jnp.asarray(_checkerboard(x.shape[0], x.shape[1], self.parity), x.dtype)

@@ -154,10 +154,12 @@ def n_params(template) -> int:
     return sum(math.prod(s.shape) for s in _slots(template)[0])
 
 
-def initial_params(template, dtype) -> Array:
-    """The raveled initial parameters, `(n_params,)`: a layer adds them to its network's
-    output, so a zero last layer starts it at the transformer's own initial map."""
-    return jnp.asarray([v for s in _slots(template)[0] for v in s.init], dtype).reshape(-1)
+def initial_params(template, dtype) -> Array | None:
+    """The raveled initial parameters, `(n_params,)`, or `None` when they are all zero: a
+    layer adds them to its network's output, so a zero last layer starts it at the
+    transformer's own initial map."""
+    values = [v for s in _slots(template)[0] for v in s.init]
+    return jnp.asarray(values, dtype) if any(values) else None
 
 
 def apply_transformer(template, params: Array, x: Array, reverse: bool) -> tuple[Array, Array]:
@@ -174,15 +176,16 @@ def apply_transformer(template, params: Array, x: Array, reverse: bool) -> tuple
     """
     slots, treedef = _slots(template)
     flat = params.reshape(params.shape[0], -1)
+    # Each leaf as (*slot shape, n_elements): the vmapped axis is last, so a scalar
+    # parameter (a shift, a log-scale) is a plain row of `params`, with no transpose.
+    leaves, i = [], 0
+    for s in slots:
+        n = math.prod(s.shape)
+        leaves.append(flat[i : i + n].reshape(*s.shape, flat.shape[1]))
+        i += n
 
-    def one(p, xi):
-        leaves, i = [], 0
-        for s in slots:
-            n = math.prod(s.shape)
-            leaves.append(p[i : i + n].reshape(s.shape))
-            i += n
-        t = jax.tree.unflatten(treedef, leaves)
-        return t.transform(xi, reverse, key=None, cond=None)
+    def one(leaves, xi):
+        return jax.tree.unflatten(treedef, leaves).transform(xi, reverse, key=None, cond=None)
 
-    out, log_det = jax.vmap(one, in_axes=(1, 0))(flat, x.reshape(-1))
+    out, log_det = jax.vmap(one, in_axes=([-1] * len(leaves), 0))(leaves, x.reshape(-1))
     return out.reshape(x.shape), log_det.reshape(x.shape)
