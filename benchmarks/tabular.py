@@ -20,6 +20,14 @@ Models (MLPs 2 x 128, ReLU, each library's default initialisation, base N(0, I))
 - `maf`: 5 MADE layers (2 x 128). nux_eqx `MaskedAutoregressiveFlow(5, actnorm=False)`;
   flowjax `masked_autoregressive_flow(flow_layers=5)`; zuko `MAF(7, transforms=5,
   randperm=True)`. distrax has no MAF.
+- `bnaf` (opt-in): 3 block neural autoregressive layers (2 hidden layers, block_dim 16:
+  hidden width 112), a fixed random permutation between them, leaky-tanh activation.
+  nux_eqx `BlockAutoregressiveNetwork(2, 16)` with `Permute(seed)`; flowjax
+  `block_neural_autoregressive_flow(flow_layers=3, nn_depth=2, nn_block_dim=16)`
+  (inverted, so the density is one network pass, as in nux_eqx).
+- `naf` (opt-in): 5 MADE layers (2 x 128) with the deep sigmoidal transformer (NAF-DSF,
+  K = 8 units): nux_eqx `MaskedAutoregressive(DeepSigmoidal(8), ordering="random")`.
+  No peer here has DSF (zuko's NAF is UNAF).
 - `floor:*`: the conditioner networks alone, no flow: the same number of MLPs with the
   nux_eqx shapes (affine 4 -> 6, nsf 4 -> 69, maf 7 -> 14), each on the batch, summed
   squared outputs as a dummy loss, the same Adam step. The work no flow can avoid.
@@ -47,9 +55,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 MODELS = ("affine", "nsf", "maf")
+NAF_MODELS = ("bnaf", "naf")  # neural autoregressive flows: opt-in (--models / --jobs)
 LIBS = {  # library -> (module needed, models it builds)
-    "nux": ("nux_eqx", MODELS),
-    "flowjax": ("flowjax", MODELS),
+    "nux": ("nux_eqx", MODELS + NAF_MODELS),
+    "flowjax": ("flowjax", (*MODELS, "bnaf")),
     "distrax": ("distrax", ("affine", "nsf")),
     "zuko": ("zuko", MODELS),
     "floor": ("equinox", MODELS),
@@ -129,7 +138,11 @@ def jax_train(cfg, data, step, state, *, eval_nll=None, log_prob=None, sample=No
         res["log_prob_pts_s"] = N_EVAL / C.median_call_s(lambda: log_prob(state, x10k), block)
     if sample is not None:
         key = jax.random.key(7)
-        res["samples_s"] = N_EVAL / C.median_call_s(lambda: sample(state, key, N_EVAL), block)
+        n_s = cfg.get("n_sample", N_EVAL)  # fewer for the numerically inverted NAF flows
+        try:  # a numerical inverse may refuse (flowjax's BNAF search raises at max_steps)
+            res["samples_s"] = n_s / C.median_call_s(lambda: sample(state, key, n_s), block)
+        except Exception as e:  # noqa: BLE001 - recorded in the results, the run goes on
+            res["samples_s"], res["samples_error"] = None, f"{type(e).__name__}: {str(e)[:300]}"
     return res
 
 
@@ -171,6 +184,17 @@ def job_nux(model, cfg):
     data = dict(np.load(cfg["data"]))
     if model == "affine":
         flow = nux.RealNVP(8, (128, 128), actnorm=cfg["actnorm"])
+    elif model == "bnaf":
+        layers = []
+        for i in range(3):
+            layers += [nux.BlockAutoregressiveNetwork(2, 16), nux.Permute(seed=cfg["seed"] * 10 + i)]
+        flow = nux.Sequential(*layers[:-1], nux.UnitGaussianPrior())
+    elif model == "naf":
+        layers = []
+        for i in range(5):
+            layers += [nux.ActNorm()] if cfg["actnorm"] else []
+            layers += [nux.MaskedAutoregressive(nux.DeepSigmoidal(8), (128, 128), "random", seed=i)]
+        flow = nux.Sequential(*layers, nux.UnitGaussianPrior())
     elif model == "nsf":
         flow = nux.NeuralSplineFlow(8, (128, 128), K=8, B=4.0, actnorm=cfg["actnorm"])
     else:
@@ -222,7 +246,7 @@ def job_flowjax(model, cfg):
     import paramax
     from flowjax.bijections import RationalQuadraticSpline
     from flowjax.distributions import Normal
-    from flowjax.flows import coupling_flow, masked_autoregressive_flow
+    from flowjax.flows import block_neural_autoregressive_flow, coupling_flow, masked_autoregressive_flow
 
     data = dict(np.load(cfg["data"]))
     key = jax.random.key(cfg["seed"])
@@ -237,6 +261,10 @@ def job_flowjax(model, cfg):
             flow_layers=8,
             nn_width=128,
             nn_depth=2,
+        )
+    elif model == "bnaf":
+        dist = block_neural_autoregressive_flow(
+            key, base_dist=base, flow_layers=3, nn_depth=2, nn_block_dim=16, invert=True
         )
     else:
         dist = masked_autoregressive_flow(key, base_dist=base, flow_layers=5, nn_width=128, nn_depth=2)
@@ -505,7 +533,7 @@ def summarise(results):
             row["vs_flowjax_first"] = C.ratio(r.get("first_step_s"), ref and ref.get("first_step_s"))
         rows.append(row)
     ratios = {}
-    for model in MODELS:
+    for model in MODELS + NAF_MODELS:
         nux, ref = by.get(f"nux:{model}"), by.get(f"flowjax:{model}")
         if nux and ref:
             ratios[model] = {
@@ -543,12 +571,13 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="300 steps, seed 0 (about 2 minutes)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS + NAF_MODELS)
     p.add_argument("--jobs", nargs="+", default=None, help="e.g. nux:affine flowjax:affine")
     p.add_argument("--actnorm", action="store_true", help="nux_eqx models with their default ActNorm")
     p.add_argument("--nux-step", choices=["make_step", "plain"], default="make_step")
     p.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--tag", default=None, help="suffix of the results file")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per job (default 900)")
     a = p.parse_args(argv)
 
     steps = a.steps or (300 if a.quick else 3000)
@@ -574,9 +603,11 @@ def main(argv=None):
                 "actnorm": a.actnorm,
                 "nux_step": a.nux_step,
                 "torch_threads": a.torch_threads,
+                # bnaf / naf sample by bisection (d x ~60 network passes per layer): time 500.
+                "n_sample": 500 if any(j.split(":")[1] in NAF_MODELS for j in jobs) else N_EVAL,
             }
             print(f"seed {seed}: {steps} steps, jobs {jobs}")
-            results = C.run_workers(os.path.abspath(__file__), jobs, cfg)
+            results = C.run_workers(os.path.abspath(__file__), jobs, cfg, timeout_s=a.timeout)
             rows, ratios = summarise(results)
             out["runs"].append({"seed": seed, "config": cfg, "results": results, "nux_over_flowjax": ratios})
             all_rows += rows

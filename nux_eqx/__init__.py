@@ -77,6 +77,7 @@ from ._serialise import CheckpointError as CheckpointError
 from ._serialise import load as load
 from ._serialise import load_run as load_run
 from ._serialise import save as save
+from .bijective import BNAF as BNAF
 from .bijective import MAF as MAF
 from .bijective import AbstractEstimableFlow as AbstractEstimableFlow
 from .bijective import (
@@ -86,6 +87,7 @@ from .bijective import Affine as Affine
 from .bijective import AffineDense as AffineDense
 from .bijective import AffineLDU as AffineLDU
 from .bijective import AffineSVD as AffineSVD
+from .bijective import BlockAutoregressiveNetwork as BlockAutoregressiveNetwork
 from .bijective import CircularConv as CircularConv
 from .bijective import CircularRationalQuadraticSpline as CircularRationalQuadraticSpline
 from .bijective import ConditionalMAF as ConditionalMAF
@@ -97,6 +99,7 @@ from .bijective import ContinuousFlow as ContinuousFlow
 from .bijective import (
     Coupling as Coupling,
 )
+from .bijective import DeepSigmoidal as DeepSigmoidal
 from .bijective import ElementwiseAffine as ElementwiseAffine
 from .bijective import (
     Flatten as Flatten,

@@ -8,6 +8,8 @@ from ._autoregressive import ConditionalMAF as ConditionalMAF
 from ._autoregressive import ConditionalMaskedAutoregressiveSpline as ConditionalMaskedAutoregressiveSpline
 from ._autoregressive import MaskedAutoregressive as MaskedAutoregressive
 from ._autoregressive import MaskedAutoregressiveSpline as MaskedAutoregressiveSpline
+from ._bnaf import BNAF as BNAF
+from ._bnaf import BlockAutoregressiveNetwork as BlockAutoregressiveNetwork
 from ._circular import CircularRationalQuadraticSpline as CircularRationalQuadraticSpline
 from ._circular import circular_rational_quadratic_spline as circular_rational_quadratic_spline
 from ._continuous import ContinuousFlow as ContinuousFlow
@@ -80,6 +82,7 @@ from ._residual import LipschitzNetwork as LipschitzNetwork
 from ._residual import LipSwish as LipSwish
 from ._residual import ResidualFlow as ResidualFlow
 from ._residual import update_spectral_state as update_spectral_state
+from ._sigmoidal import DeepSigmoidal as DeepSigmoidal
 from ._spline import RationalQuadraticSpline as RationalQuadraticSpline
 from ._spline import rational_quadratic_spline as rational_quadratic_spline
 from ._spline import spline_from_knots as spline_from_knots
