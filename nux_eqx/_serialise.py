@@ -34,7 +34,7 @@ VERSION = 2  # 2: the header also describes every layer (type and static configu
 
 # `load(path)` without a skeleton imports the classes and functions a header names only
 # from these packages (a checkpoint never runs code from elsewhere: no pickle).
-TRUSTED = ("nux_eqx", "equinox", "jax", "jaxlib", "numpy", "optax", "math", "operator", "builtins")
+TRUSTED = ("nux_eqx", "equinox", "jax", "jaxlib", "numpy", "optax", "diffrax", "math", "operator", "builtins")
 # Public namespaces searched first, so a function is stored by a stable public name
 # (`jax.nn:relu`, not `jax._src.nn.functions:relu`).
 _PUBLIC = ("jax.nn", "jax.numpy", "jax.lax", "jax.scipy.special", "numpy", "math", "operator")
@@ -276,6 +276,13 @@ def _encode(v, path: str, static: bool = False):
             a = np.asarray(v)
             return {"ndarray": [a.tolist(), str(a.dtype), list(a.shape)], "scalar": isinstance(v, np.generic)}
         return {"nparray": [list(v.shape), str(v.dtype)], "scalar": isinstance(v, np.generic)}
+    if isinstance(v, jax.tree_util.PyTreeDef):  # by an example tree of zeros (a recorded cond)
+        return {"treedef": _encode(jax.tree.unflatten(v, [0] * v.num_leaves), path, True)}
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):  # a frozen value object (static)
+        return {
+            "dataclass": _name_of(type(v)),
+            "fields": {f.name: _encode(getattr(v, f.name), f"{path}.{f.name}", True) for f in dataclasses.fields(v)},
+        }
     if isinstance(v, tuple) and hasattr(type(v), "_fields"):  # a NamedTuple (optax states)
         return {
             "namedtuple": _name_of(type(v)),
@@ -327,6 +334,13 @@ def decode_tree(obj, trusted: tuple[str, ...] = TRUSTED) -> PyTree:
         raise CheckpointError(f"malformed configuration entry {obj!r:.80}")
     if "float" in obj:
         return float(obj["float"])
+    if "treedef" in obj:
+        return jax.tree.structure(decode_tree(obj["treedef"], trusted))
+    if "dataclass" in obj:
+        cls = _resolve(obj["dataclass"], trusted)
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise CheckpointError(f"{obj['dataclass']} is not a dataclass")
+        return cls(**{k: decode_tree(u, trusted) for k, u in obj["fields"].items()})
     if "module" in obj:
         cls = _resolve(obj["module"], trusted)
         if not (isinstance(cls, type) and issubclass(cls, eqx.Module)):

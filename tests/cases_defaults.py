@@ -60,6 +60,11 @@ def small_image(key):
     return jr.normal(key, (N, 2, 2, 8))
 
 
+def angles(key):
+    """(8, 6) angles in [-pi, pi): the circle's domain."""
+    return jr.uniform(key, (N, D), minval=-jnp.pi, maxval=jnp.pi)
+
+
 def cond_vector(key):
     """(8, 3) conditioning vectors."""
     return jr.normal(key, (N, 3))
@@ -110,14 +115,22 @@ CASES = {
     # ---- couplings and autoregressive flows (default networks) ----------------------
     "defaults-Coupling": _case(lambda: nux.Coupling()),
     "defaults-Coupling-image": _case(lambda: nux.Coupling(), image, covers=("Coupling",)),
-    "defaults-ConditionedCoupling": _case(lambda: nux.ConditionedCoupling(), cond=cond_vector),
+    "defaults-ConditionedCoupling": _case(
+        lambda: nux.ConditionedCoupling(), cond=cond_vector, covers=("ConditionedCoupling",)
+    ),
     "defaults-NeuralSpline": _case(lambda: nux.NeuralSpline()),
     "defaults-NeuralSpline-image": _case(lambda: nux.NeuralSpline(), image, covers=("NeuralSpline",)),
-    "defaults-MAF": _case(lambda: nux.MAF()),
-    "defaults-ConditionalMAF": _case(lambda: nux.ConditionalMAF(), cond=cond_vector),
-    "defaults-MaskedAutoregressiveSpline": _case(lambda: nux.MaskedAutoregressiveSpline()),
+    "defaults-MAF": _case(lambda: nux.MAF(), covers=("MAF",)),
+    "defaults-ConditionalMAF": _case(
+        lambda: nux.ConditionalMAF(), cond=cond_vector, covers=("ConditionalMAF",)
+    ),
+    "defaults-MaskedAutoregressiveSpline": _case(
+        lambda: nux.MaskedAutoregressiveSpline(), covers=("MaskedAutoregressiveSpline",)
+    ),
     "defaults-ConditionalMaskedAutoregressiveSpline": _case(
-        lambda: nux.ConditionalMaskedAutoregressiveSpline(), cond=cond_vector
+        lambda: nux.ConditionalMaskedAutoregressiveSpline(),
+        cond=cond_vector,
+        covers=("ConditionalMaskedAutoregressiveSpline",),
     ),
     # ---- priors ----------------------------------------------------------------------
     "defaults-UnitGaussianPrior": _case(lambda: nux.UnitGaussianPrior()),
@@ -164,6 +177,24 @@ CASES = {
     "defaults-multi_scale": _case(
         lambda: nux.multi_scale(nux.ActNorm(), nux.Identity()), image, covers=("multi_scale",)
     ),
+    # ---- transformers and the families beyond NuX ----------------------------------------
+    "defaults-ElementwiseAffine": _case(lambda: nux.ElementwiseAffine()),
+    "defaults-Shift": _case(lambda: nux.Shift()),
+    "defaults-LogisticMixtureCDF": _case(lambda: nux.LogisticMixtureCDF()),
+    "defaults-CircularRationalQuadraticSpline": _case(lambda: nux.CircularRationalQuadraticSpline(), angles),
+    "defaults-UniformPrior": _case(lambda: nux.UniformPrior(), unit_vector),
+    "defaults-BlockAutoregressiveNetwork": _case(
+        lambda: nux.BlockAutoregressiveNetwork(), covers=("BlockAutoregressiveNetwork", "BNAF")
+    ),
+    "defaults-DeepSigmoidal": _case(lambda: nux.DeepSigmoidal()),
+    "defaults-Planar": _case(lambda: nux.Planar()),
+    "defaults-Radial": _case(lambda: nux.Radial()),
+    "defaults-ResidualFlow": _case(lambda: nux.ResidualFlow()),
+    "defaults-StochasticLogDet": _case(
+        lambda: nux.StochasticLogDet(nux.ResidualFlow()), covers=("StochasticLogDet",)
+    ),
+    # (slow: an ODE solve, compiled for every check)
+    "defaults-ContinuousFlow": _case(lambda: nux.ContinuousFlow(), slow=True),
     # ---- ready-made models -------------------------------------------------------------
     # (slow: stacks of the default layers above, each of which has its own case)
     "defaults-RealNVP": _case(lambda: nux.RealNVP(), covers=("RealNVP",), slow=True),
@@ -174,6 +205,7 @@ CASES = {
         lambda: nux.NeuralSplineFlow(), covers=("NeuralSplineFlow",), slow=True
     ),
     "defaults-GlowBlock": _case(lambda: nux.GlowBlock(), image, covers=("GlowBlock",), slow=True),
+    "defaults-FlowPlusPlus": _case(lambda: nux.FlowPlusPlus(), image, covers=("FlowPlusPlus",), slow=True),
     "defaults-MultiscaleGlow": _case(
         lambda: nux.MultiscaleGlow(), image, covers=("MultiscaleGlow",), slow=True
     ),

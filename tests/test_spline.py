@@ -347,7 +347,7 @@ def test_neural_spline_rejects_unsplittable_shapes():
 # --------------------------------------------------------------------------------------
 
 
-def _random_params(scale, n, K, dtype, seed=0):
+def _big_params(scale, n, K, dtype, seed=0):
     k1, k2, k3 = jr.split(jr.key(seed), 3)
     return tuple((scale * jr.normal(k, (n, m))).astype(dtype) for k, m in ((k1, K), (k2, K), (k3, K - 1)))
 
@@ -359,7 +359,7 @@ def test_finite_and_monotone_for_any_conditioner_output(scale):
     of an increasing grid is non-decreasing (each preimage stays in its bin), and it lands
     in [-B, B]."""
     n, K, B = 512, 8, 3.0
-    w, h, d = _random_params(scale, n, K, jnp.float32)
+    w, h, d = _big_params(scale, n, K, jnp.float32)
     y = jnp.linspace(-B, B, n, dtype=jnp.float32)
     x_in = jnp.linspace(-4.0, 4.0, n, dtype=jnp.float32)
     fwd = jax.jit(lambda v, w, h, d: nux.rational_quadratic_spline(v, w, h, d, B=B))
@@ -385,7 +385,7 @@ def test_inverse_is_accurate_for_a_flat_bin_between_steep_knots():
     catastrophically there (round-trip error 0.05); the sum-of-squares discriminant keeps
     the error at the level the map's conditioning allows (slope ~1e-10: ~1e-6)."""
     with jax.enable_x64(True):
-        w, h, d = _random_params(1e4, 2000, 8, jnp.float64)
+        w, h, d = _big_params(1e4, 2000, 8, jnp.float64)
         x = 4 * jr.normal(jr.key(1), (2000,), jnp.float64)
         y, ld = nux.rational_quadratic_spline(x, w, h, d)
         xr, ldr = nux.rational_quadratic_spline(y, w, h, d, inverse=True)

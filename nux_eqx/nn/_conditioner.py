@@ -13,13 +13,15 @@ from .._flow import ShapeError
 from ._nets import cast_floating, cond_features, default_network
 
 
+@dataclasses.dataclass(frozen=True, repr=False)
 class DefaultNetwork:
     """NuX's default conditioner factory: an [`nux_eqx.nn.MLP`][] for vectors, a
     [`nux_eqx.nn.ConvNet`][] for `(h, w, c)` images (see [`nux_eqx.nn.default_network`][]).
 
     A layer builds one from its `hidden_layer_sizes` and `n_channels` keywords; once the
     layer is initialised it keeps only the setting that applies to its data, so its repr
-    shows what it uses. Immutable and hashable (it is a layer's static field).
+    shows what it uses. Immutable and hashable (it is a layer's static field), and stored
+    in checkpoints by its fields.
 
     **Arguments:**
 
@@ -30,39 +32,26 @@ class DefaultNetwork:
       MLP (its `SimpleMLP`: a zero last layer stalls training) and a zero last convolution.
     """
 
-    __slots__ = ("hidden_layer_sizes", "n_channels", "zero_init")
+    hidden_layer_sizes: tuple[int, ...] | None = (1024, 1024, 1024, 1024)
+    n_channels: int | None = 256
+    zero_init: bool | None = None
 
-    def __init__(
-        self,
-        hidden_layer_sizes: tuple[int, ...] | None = (1024, 1024, 1024, 1024),
-        n_channels: int | None = 256,
-        zero_init: bool | None = None,
-    ):
-        if hidden_layer_sizes is not None:
-            hidden_layer_sizes = tuple(int(h) for h in hidden_layer_sizes)
-            if any(h < 1 for h in hidden_layer_sizes):
-                raise ValueError(f"hidden_layer_sizes must be positive integers, got {hidden_layer_sizes}.")
-        for name, v in (
-            ("hidden_layer_sizes", hidden_layer_sizes),
-            ("n_channels", None if n_channels is None else int(n_channels)),
-            ("zero_init", zero_init),
-        ):
-            object.__setattr__(self, name, v)
-
-    def __setattr__(self, name, value):
-        raise AttributeError("DefaultNetwork is immutable.")
+    def __post_init__(self):
+        h = self.hidden_layer_sizes
+        if h is not None:
+            h = tuple(int(v) for v in h)
+            if any(v < 1 for v in h):
+                raise ValueError(f"hidden_layer_sizes must be positive integers, got {h}.")
+            object.__setattr__(self, "hidden_layer_sizes", h)
+        if self.n_channels is not None:
+            object.__setattr__(self, "n_channels", int(self.n_channels))
 
     def _key(self):
         return (self.hidden_layer_sizes, self.n_channels, self.zero_init)
 
-    def __eq__(self, other):
-        return isinstance(other, DefaultNetwork) and self._key() == other._key()
-
-    def __hash__(self):
-        return hash(self._key())
-
     def __repr__(self) -> str:
-        parts = [f"{n}={v!r}" for n, v in zip(self.__slots__, self._key()) if v is not None]
+        names = ("hidden_layer_sizes", "n_channels", "zero_init")
+        parts = [f"{n}={v!r}" for n, v in zip(names, self._key()) if v is not None]
         return f"DefaultNetwork({', '.join(parts)})"
 
     def __call__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], *, key: PRNGKeyArray):

@@ -1,6 +1,7 @@
 """NuX's `spectral_norm` wrapper, for conditioner networks: `SpectralNorm`, the factory
 wrapper `spectral_norm` and the pure update `update_spectral_norm`."""
 
+import dataclasses
 from collections.abc import Callable
 
 import equinox as eqx
@@ -175,9 +176,19 @@ def spectral_norm(factory: Callable | None = None, *, scale: float = 0.97, n_ite
             f"spectral_norm: factory must be a callable factory(in_shape, out_shape, *, key), got {factory!r}."
         )
     SpectralNorm(eqx.nn.Identity(), key=jr.key(0), scale=scale, n_iters=n_iters)  # check the arguments now
+    return _SpectralNormFactory(factory, float(scale), int(n_iters))
 
-    def wrapped(in_shape, out_shape, *, key):
+
+@dataclasses.dataclass(frozen=True)
+class _SpectralNormFactory:
+    """What `spectral_norm` returns: a hashable factory (a layer's static field) that
+    checkpoints describe by its fields."""
+
+    factory: Callable
+    scale: float
+    n_iters: int
+
+    def __call__(self, in_shape, out_shape, *, key):
         k_net, k_u = jr.split(key)
-        return SpectralNorm(factory(in_shape, out_shape, key=k_net), key=k_u, scale=scale, n_iters=n_iters)
-
-    return wrapped
+        net = self.factory(in_shape, out_shape, key=k_net)
+        return SpectralNorm(net, key=k_u, scale=self.scale, n_iters=self.n_iters)
