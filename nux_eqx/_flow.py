@@ -793,6 +793,7 @@ def init(
       it arrives there after the kept layers. Use it after tree surgery, e.g. a new prior
       swapped into a trained flow with `eqx.tree_at`:
 
+      <!-- not-run: a fragment; `trained` and `x_batch` are the reader's own -->
       ```python
       flow = eqx.tree_at(lambda f: f.layers[-1], trained, nux_eqx.DiagGaussianPrior())
       flow = nux_eqx.init(flow, x_batch, key=key, only_uninitialised=True)

@@ -76,7 +76,7 @@ def test_standardisation_and_data_units():
     # a Gaussian fitted in standardised units has the raw NLL minus sum(log std)
     rng = np.random.default_rng(0)
     raw = rng.normal([3.0, -1.0, 10.0], [0.1, 2.0, 50.0], size=(2000, 3))
-    s = nux.data.standardise(nux.data._datasets._split(raw, (0.8, 0.1, 0.1), 0))
+    s = nux.data.standardise(nux.data._datasets.split_rows(raw, (0.8, 0.1, 0.1), 0))
     np.testing.assert_allclose(s.train.mean(0), 0, atol=1e-5)
     np.testing.assert_allclose(s.train.std(0), 1, atol=1e-4)
 

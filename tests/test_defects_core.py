@@ -144,7 +144,7 @@ class _Dropping(nux.AbstractBijection):
 def test_init_refuses_bijection_that_changes_size(layer, shape, got):
     flow = nux.Sequential(nux.ActNorm(), layer, nux.UnitGaussianPrior())
     name = type(layer).__name__
-    with pytest.raises(nux.ShapeError, match=rf"^{name} is declared bijective.*{got}"):
+    with pytest.raises(nux.ShapeError, match=rf"^{name} is an AbstractBijection but maps.*{got}"):
         nux.init(flow, jr.normal(jr.key(0), shape), key=jr.key(1))
 
 

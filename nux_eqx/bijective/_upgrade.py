@@ -23,6 +23,7 @@ def load_v1(path: str | os.PathLike, like: PyTree, *, cond_like: PyTree = None):
     `nux_eqx.load` refuses it; its arrays are unchanged. Build `like` with today's names
     (the same calls as then) and load:
 
+    <!-- not-run: needs a checkpoint written by an older nux_eqx -->
     ```python
     flow = nux.bijective.load_v1("old.eqx", nux.Sequential(nux.NeuralSpline(), ...))
     ```

@@ -54,6 +54,13 @@ class DefaultNetwork:
         parts = [f"{n}={v!r}" for n, v in zip(names, self._key()) if v is not None]
         return f"DefaultNetwork({', '.join(parts)})"
 
+    def __pdoc__(self, **kwargs):
+        # equinox prints dataclasses field by field (hiding only defaults); show the
+        # settings that apply, as `repr` does
+        import wadler_lindig as wl
+
+        return wl.TextDoc(repr(self))
+
     def __call__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], *, key: PRNGKeyArray):
         image = len(in_shape) == 3
         zero = image if self.zero_init is None else self.zero_init
