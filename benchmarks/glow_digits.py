@@ -127,7 +127,7 @@ def job_nux(cfg):
     n_params = int(sum(a.size for a in jax.tree.leaves(nux.trainable(flow)[0])))
     tstep = nux.train.make_step(optax.adam(1e-3))
     state = [flow, tstep.init(flow)]
-    batches = C.epoch_batches(len(x_train), 64, 1 + seed)
+    batches = C.epoch_batches(len(x_train), cfg.get("batch_size", 64), 1 + seed)
 
     def step(i):
         f, o, loss = tstep(
@@ -222,7 +222,7 @@ def job_normflows(cfg):
         idx = np.random.default_rng(seed).choice(len(x_train), 512, replace=False)
         log_px(x_train[idx], np.random.default_rng(10 + seed))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = C.epoch_batches(len(x_train), 64, 1 + seed)
+    batches = C.epoch_batches(len(x_train), cfg.get("batch_size", 64), 1 + seed)
 
     def step(i):
         loss = -log_px(x_train[next(batches)], noise).mean()
@@ -378,6 +378,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
+    p.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    p.add_argument("--tag", default=None, help="suffix of the results file")
     a = p.parse_args(argv)
     seconds = a.seconds or (15.0 if a.quick else 60.0)
     jobs = [j for j in a.jobs if C.has(JOBS[j][0])]
@@ -396,6 +398,7 @@ def main(argv=None):
             "seconds": seconds,
             "torch_threads": a.torch_threads,
             "eval_every": 250,
+            "batch_size": a.batch_size,
         }
         results = C.run_workers(os.path.abspath(__file__), jobs, cfg)
     by = {r["job"]: r for r in results if "error" not in r}
@@ -416,7 +419,8 @@ def main(argv=None):
     )
     print(f"load average after: {C.load_average()}")
     out = {"seconds": seconds, "seed": a.seed, "results": results}
-    print("wrote", C.write_json("glow_digits_quick" if a.quick else "glow_digits", out))
+    name = "glow_digits_quick" if a.quick else "glow_digits"
+    print("wrote", C.write_json(f"{name}_{a.tag}" if a.tag else name, out))
 
 
 if __name__ == "__main__":

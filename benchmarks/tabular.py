@@ -182,7 +182,15 @@ def job_nux(model, cfg):
     import nux_eqx as nux
 
     data = dict(np.load(cfg["data"]))
-    if model == "affine":
+    scale, zero = cfg.get("nux_scale"), cfg.get("nux_zero_init")
+    if model == "affine" and (scale is not None or zero is not None):  # RealNVP with other settings
+        layers = []
+        for i in range(8):
+            layers += [nux.ActNorm()] if cfg["actnorm"] else []
+            net = nux.nn.DefaultNetwork((128, 128), None, zero_init=zero)
+            layers += [nux.Coupling(nux.ElementwiseAffine(scale or "tanh"), network_factory=net), nux.Permute(seed=i)]
+        flow = nux.Sequential(*layers, nux.UnitGaussianPrior())
+    elif model == "affine":
         flow = nux.RealNVP(8, (128, 128), actnorm=cfg["actnorm"])
     elif model == "bnaf":
         layers = []
@@ -576,6 +584,11 @@ def main(argv=None):
     p.add_argument("--actnorm", action="store_true", help="nux_eqx models with their default ActNorm")
     p.add_argument("--nux-step", choices=["make_step", "plain"], default="make_step")
     p.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--nux-scale", choices=["tanh", "exp", "softplus"], default=None,
+                   help="nux:affine with this ElementwiseAffine scale (default: RealNVP's)")
+    p.add_argument("--nux-zero-init", choices=["true", "false"], default=None,
+                   help="nux:affine with the conditioner's last layer zero (true) or random (false)")
+    p.add_argument("--batch-size", type=int, default=512, help="examples per step (default 512)")
     p.add_argument("--tag", default=None, help="suffix of the results file")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per job (default 900)")
     a = p.parse_args(argv)
@@ -599,7 +612,9 @@ def main(argv=None):
                 "seed": seed,
                 "steps": steps,
                 "eval_every": 100 if a.quick else 250,
-                "batch_size": 512,
+                "batch_size": a.batch_size,
+                "nux_scale": a.nux_scale,
+                "nux_zero_init": None if a.nux_zero_init is None else a.nux_zero_init == "true",
                 "actnorm": a.actnorm,
                 "nux_step": a.nux_step,
                 "torch_threads": a.torch_threads,

@@ -2,8 +2,22 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
+import gc
+
 import jax
 import pytest
+
+# A worker whose resident memory has grown by this many bytes drops JAX's caches before
+# its next test (see _bounded_memory): CI has 24 GiB for two workers.
+_RSS_LIMIT = int(float(os.environ.get("NUX_TEST_RSS_STEP_GB", "3")) * 2**30)
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):  # not Linux: no bound
+        return 0
 
 
 @pytest.fixture
@@ -17,3 +31,29 @@ def _fresh_compilation_caches():
     # XLA:CPU compilation late in CI dry runs; start each test module with empty caches.
     jax.clear_caches()
     yield
+
+
+_last_clear = [0]
+
+
+@pytest.fixture(autouse=True)
+def _bounded_memory():
+    # Test modules with many cases (the registry) compile hundreds of functions in one
+    # worker; a worker was killed mid-run in CI. Drop the caches when memory has grown by
+    # _RSS_LIMIT since the last drop (freed memory is not always returned to the system,
+    # so an absolute threshold would clear before every test once passed).
+    rss = _rss()
+    if rss > _last_clear[0] + _RSS_LIMIT:
+        jax.clear_caches()
+        gc.collect()
+        _last_clear[0] = _rss()
+    yield
+
+
+def pytest_runtest_logreport(report):
+    # NUX_TEST_TIMES=path: append "seconds outcome nodeid" per test phase as it ends, to
+    # see where a long run spends its time while it runs
+    path = os.environ.get("NUX_TEST_TIMES")
+    if path and report.when == "call" or (path and report.outcome == "failed"):
+        with open(path, "a") as f:
+            f.write(f"{report.duration:.1f} {report.outcome} {report.nodeid}\n")

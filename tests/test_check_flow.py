@@ -144,7 +144,7 @@ def test_softmaxpp_and_neural_spline_at_their_defaults_pass():
     probability is ~1e-3; the scrambled default spline has bins of slope ~1e-7), which the
     conditioning accounts for."""
     check_flow(nux.SoftmaxPP(), jr.normal(jr.key(1), (16, 5)), key=jr.key(1))
-    check_flow(nux.NeuralSpline(hidden_layer_sizes=(256,)), 3 * jr.normal(jr.key(0), (8, 4)), key=jr.key(0))
+    # the scrambled default NeuralSpline: the registry's "defaults-NeuralSpline" case
 
 
 def test_well_conditioned_inverse_error_still_fails():

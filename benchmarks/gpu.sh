@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The benchmarks on a CUDA GPU, in one go, printing one summary table at the end.
+#
+#     bash benchmarks/gpu.sh [VENV]        # default VENV=/tmp/nux-gpu-venv; ~15 minutes
+#
+# Installs JAX for CUDA 12 (`jax[cuda12]`, which brings its own CUDA libraries: only an
+# NVIDIA driver is needed), nux_eqx and FlowJAX into VENV, then runs the JAX jobs of
+# - benchmarks/tabular.py: galaxy 7-D, affine / NSF / MAF, nux_eqx vs FlowJAX, batch 4096
+#   (the CPU protocol uses 512), 3000 steps, seed 0;
+# - benchmarks/glow_digits.py: the digits Glow at batch 64 and 512, 60 s each.
+# Only the JAX libraries run here (both on the GPU): torch's peers would need their own
+# CUDA wheel and a device flag the CPU protocol does not have. Results go to
+# benchmarks/results/*_gpu*.json next to the CPU ones.
+set -euo pipefail
+VENV="${1:-/tmp/nux-gpu-venv}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(dirname "$HERE")"
+PY="${PYTHON:-python3}"
+
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+    echo "gpu.sh: no nvidia-smi here; this script is for a machine with an NVIDIA GPU." >&2
+    exit 1
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+"$PY" -m venv "$VENV"
+PIP="$VENV/bin/pip"
+"$PIP" install --quiet --upgrade pip
+"$PIP" install --quiet "jax[cuda12]" flowjax pandas scikit-learn
+"$PIP" install --quiet --no-deps pzflow
+"$PIP" install --quiet -e "$REPO[train]"
+"$VENV/bin/python" -c "import jax; d = jax.devices(); print('JAX devices:', d); assert d[0].platform == 'gpu', 'JAX did not find the GPU'"
+
+cd "$REPO"
+LOG="$(mktemp -d)"
+"$VENV/bin/python" benchmarks/tabular.py --batch-size 4096 --tag gpu \
+    --jobs nux:affine flowjax:affine nux:nsf flowjax:nsf nux:maf flowjax:maf | tee "$LOG/tabular.txt"
+for b in 64 512; do
+    "$VENV/bin/python" benchmarks/glow_digits.py --jobs nux:glow floor:glow --batch-size "$b" --tag "gpu_b$b" \
+        | tee "$LOG/glow_b$b.txt"
+done
+
+"$VENV/bin/python" - <<'PY'
+import json, pathlib
+res = pathlib.Path("benchmarks/results")
+rows = []
+tab = json.loads((res / "tabular_gpu.json").read_text())
+for run in tab["runs"]:
+    for r in run["results"]:
+        if "error" not in r:
+            rows.append((r["job"], "galaxy b4096", r.get("step_ms"), r.get("test_nll_best"), "nats"))
+for b in (64, 512):
+    g = json.loads((res / f"glow_digits_gpu_b{b}.json").read_text())
+    for r in g["results"]:
+        if "error" not in r:
+            rows.append((r["job"], f"digits b{b}", r.get("step_ms"), r.get("test_bpd"), "bits/dim"))
+print(f"\n{'job':16s} {'task':14s} {'step ms':>9s} {'test':>9s}")
+for job, task, ms, test, unit in rows:
+    ms = f"{ms:9.2f}" if isinstance(ms, (int, float)) else f"{'-':>9s}"
+    test = f"{test:9.3f}" if isinstance(test, (int, float)) else f"{'-':>9s}"
+    print(f"{job:16s} {task:14s} {ms} {test} {unit}")
+PY
