@@ -27,17 +27,40 @@ from ._maths import LOG_2PI, keyed_vmap
 __all__ = ["check_flow", "scramble"]
 
 
-@eqx.filter_jit
+def _host_rng(key: PRNGKeyArray) -> np.random.Generator:
+    """A NumPy generator seeded by a concrete JAX key: random draws on the host compile
+    nothing (a jitted `jr.normal` per leaf costs seconds of XLA:CPU compile per flow)."""
+    data = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
+    return np.random.default_rng(data.astype(np.uint64).ravel().tolist())
+
+
 def scramble(flow: AbstractFlow, key: PRNGKeyArray, scale: float = 0.1) -> AbstractFlow:
     """Add `scale * N(0, 1)` to every trainable leaf of `flow`.
 
     Identity-at-init hides bugs (a zero-initialised coupling or a 1x1 convolution started
     at the identity has a trivially right log-det); `check_flow` repeats its checks on
-    scrambled parameters."""
+    scrambled parameters.
+
+    **Arguments:**
+
+    - `flow`: a flow (initialised).
+    - `key`: a PRNG key; the same key gives the same noise.
+    - `scale`: the standard deviation of the added noise.
+
+    **Returns:**
+
+    A copy of `flow` with perturbed trainable parameters. Works under `jax.jit` too (then
+    the noise is drawn with `jax.random`; outside, it is drawn on the host)."""
     params, static = trainable(flow)
     leaves, treedef = jax.tree.flatten(params)
-    keys = jr.split(key, max(len(leaves), 1))
-    leaves = [leaf + scale * jr.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)]
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves) or isinstance(key, jax.core.Tracer):
+        keys = jr.split(key, max(len(leaves), 1))
+        leaves = [leaf + scale * jr.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)]
+    else:
+        rng = _host_rng(key)
+        leaves = [
+            jnp.asarray(np.asarray(leaf) + scale * rng.standard_normal(leaf.shape), leaf.dtype) for leaf in leaves
+        ]
     return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
 
 
@@ -177,29 +200,28 @@ def _rounding_effect(flow, xs, keys, cond, reverse, rel: float, n_dir: int = 3):
     it measures how sensitive the map is, not float64's own rounding. See `_Checker`."""
     with jax.enable_x64(True):
         flow64, xs64, cond64 = _to64(flow), _to64(jnp.asarray(xs)), _to64(cond)
-        out = _rounding_effect_jit(flow64, xs64, keys, cond64, reverse, jr.key(_EFFECT_KEY), rel, n_dir)
+        params = eqx.filter((flow64, xs64), eqx.is_inexact_array)
+        rng = np.random.default_rng(_EFFECT_KEY)
+        # each random direction and its opposite: a threshold (a spline knot, a bin edge)
+        # that rounding can cross in one direction is crossed by one of the two. Signs are
+        # drawn on the host: threefry inside the jit would cost seconds of compile per flow.
+        signs = jax.tree.map(lambda v: rng.choice(np.array([-1.0, 1.0]), size=(n_dir, *v.shape)), params)
+        signs = jax.tree.map(lambda s: jnp.asarray(np.concatenate([s, -s])), signs)
+        out = _rounding_effect_jit(flow64, xs64, keys, cond64, reverse, signs, rel)
         return tuple(np.asarray(o) for o in out)
 
 
 @eqx.filter_jit
-def _rounding_effect_jit(flow, xs, keys, cond, reverse, key, rel, n_dir):
+def _rounding_effect_jit(flow, xs, keys, cond, reverse, signs, rel):
     params, static = eqx.partition((flow, xs), eqx.is_inexact_array)
     out, c = _vmapped_call(*eqx.combine(params, static), keys, cond, reverse)
 
-    def perturbed(k_sign):
-        k, sign = k_sign
-        leaves, treedef = jax.tree.flatten(params)
-        ks = jr.split(k, max(len(leaves), 1))
-        moved = [v * (1 + sign * rel * jr.rademacher(kk, v.shape, v.dtype)) for v, kk in zip(leaves, ks)]
-        o, cc = _vmapped_call(*eqx.combine(jax.tree.unflatten(treedef, moved), static), keys, cond, reverse)
+    def perturbed(sign):
+        moved = jax.tree.map(lambda v, s: v * (1 + rel * s), params, sign)
+        o, cc = _vmapped_call(*eqx.combine(moved, static), keys, cond, reverse)
         return jnp.abs(o - out) / (1 + jnp.abs(out)), jnp.abs(cc - c) / (1 + jnp.abs(c))
 
-    # each random direction and its opposite: a threshold (a spline knot, a bin edge) that
-    # rounding can cross in one direction is crossed by one of the two
-    ks = jr.split(key, n_dir)
-    ks = jnp.concatenate([ks, ks])
-    signs = jnp.concatenate([jnp.ones(n_dir), -jnp.ones(n_dir)])
-    r_out, r_c = jax.lax.map(perturbed, (ks, signs))
+    r_out, r_c = jax.lax.map(perturbed, signs)
     return jnp.max(r_out, 0), jnp.max(r_c, 0)
 
 

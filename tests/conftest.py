@@ -3,9 +3,12 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
 import gc
+import pathlib
 
 import jax
 import pytest
+
+_SLOW_LIST = pathlib.Path(__file__).with_name("slow_tests.txt")
 
 # A worker whose resident memory has grown by this many bytes drops JAX's caches before
 # its next test (see _bounded_memory): CI has 24 GiB for two workers.
@@ -50,10 +53,27 @@ def _bounded_memory():
     yield
 
 
+def _measured_slow() -> set[str]:
+    lines = _SLOW_LIST.read_text().splitlines() if _SLOW_LIST.exists() else []
+    return {line.split(None, 1)[1] for line in lines if line.strip() and not line.startswith("#")}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m 'not slow'` deselects
+def pytest_collection_modifyitems(config, items):
+    # tests/slow_tests.txt: the tests measured to take long (tests/slow_list.py writes it)
+    slow = _measured_slow()
+    for item in items:
+        if item.nodeid in slow:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_runtest_logreport(report):
-    # NUX_TEST_TIMES=path: append "seconds outcome nodeid" per test phase as it ends, to
-    # see where a long run spends its time while it runs
+    # NUX_TEST_TIMES=path: append "seconds outcome nodeid" per test as it ends, to see where
+    # a long run spends its time while it runs (tests/slow_list.py reads it). Under xdist
+    # the controller sees every worker's report again (`report.node`): written once.
     path = os.environ.get("NUX_TEST_TIMES")
-    if path and report.when == "call" or (path and report.outcome == "failed"):
-        with open(path, "a") as f:
+    if not path or getattr(report, "node", None) is not None:
+        return
+    if report.when == "call" or report.outcome == "failed" or report.duration >= 0.5:
+        with open(path, "a") as f:  # setup/teardown too when long (a module fixture's run)
             f.write(f"{report.duration:.1f} {report.outcome} {report.nodeid}\n")

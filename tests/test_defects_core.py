@@ -25,7 +25,14 @@ def _needs_key(flow) -> bool:
 # ---- 1. Equinox's transforms take an initialised flow directly ------------------------------
 
 
-@pytest.mark.parametrize("name", params(CASES))
+# the default-constructor cases (every public flow) in the default run, the variants with -m slow
+_TRANSFORM_CASES = [
+    n if not isinstance(n, str) or n.startswith("defaults-") else pytest.param(n, marks=pytest.mark.slow)
+    for n in params(CASES)
+]
+
+
+@pytest.mark.parametrize("name", _TRANSFORM_CASES)
 def test_equinox_transforms_take_the_flow(name):
     """`eqx.filter_jit(flow)`, `eqx.filter_vmap(flow)` and `eqx.filter_grad` over a function of
     the flow, on every registry case. To stay cheap nothing is compiled or run: `init` and
