@@ -59,7 +59,8 @@ def scramble(flow: AbstractFlow, key: PRNGKeyArray, scale: float = 0.1) -> Abstr
     else:
         rng = _host_rng(key)
         leaves = [
-            jnp.asarray(np.asarray(leaf) + scale * rng.standard_normal(leaf.shape), leaf.dtype) for leaf in leaves
+            jnp.asarray(np.asarray(leaf) + scale * rng.standard_normal(leaf.shape), leaf.dtype)
+            for leaf in leaves
         ]
     return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
 

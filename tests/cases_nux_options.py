@@ -3,7 +3,6 @@
 and `nn.spectral_norm` conditioners. Their behaviour is tested in
 `tests/test_nux_options.py`."""
 
-
 from cases import Case
 
 import nux_eqx as nux

@@ -61,7 +61,9 @@ def main(argv=None):
     p.add_argument("--registry-limit", type=float, default=8.0)
     p.add_argument("--defaults-limit", type=float, default=25.0)
     a = p.parse_args(argv)
-    print(HEADER.format(limit=a.limit, registry_limit=a.registry_limit, defaults_limit=a.defaults_limit), end="")
+    print(
+        HEADER.format(limit=a.limit, registry_limit=a.registry_limit, defaults_limit=a.defaults_limit), end=""
+    )
     for nodeid, t in sorted(times(a.logs).items()):
         registry = nodeid.startswith("tests/test_registry.py::")
         limit = a.registry_limit if registry else a.limit

@@ -120,7 +120,6 @@ def test_catches_unnormalised_prior():
 class SlightlyWrongInverse(nux.AbstractBijection):
     """`z = 2x`, reverse `z / 2 * (1 + 1e-4)`: well conditioned, so no loosening applies."""
 
-
     def transform(self, x: V, reverse: bool, *, key, cond) -> tuple[V, S]:
         z = x / 2 * (1 + 1e-4) if reverse else 2 * x
         return z, jnp.asarray(x.shape[0] * jnp.log(2.0), x.dtype)
@@ -130,7 +129,6 @@ class SkewedSoftmaxPP(nux.AbstractBijection):
     """SoftmaxPP whose reverse takes the last probability as `1 - (1 + 1e-6) sum(z)`: an
     error shaped like float32's own rounding there (below what its conditioning explains),
     but an error, which float64 resolves."""
-
 
     def transform(self, x: V, reverse: bool, *, key, cond) -> tuple[V, S]:
         if reverse:

@@ -146,7 +146,6 @@ def test_errors(monkeypatch):
 class _Sloppy(nux.AbstractBijection):
     """An identity whose inverse is off by 1e-4, like a solve with a loose tolerance."""
 
-
     def transform(self, x, reverse, *, key, cond):
         return (x + 1e-4 if reverse else x), jnp.zeros((), x.dtype)
 

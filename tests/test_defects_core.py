@@ -79,11 +79,26 @@ def _fields_only(flow):
 @pytest.mark.parametrize(
     "make, shape",
     [
-        (lambda: nux.Sequential(nux.ActNorm(), nux.Coupling(hidden_layer_sizes=(8,)), nux.UnitGaussianPrior()), (6, 4)),
+        (
+            lambda: nux.Sequential(
+                nux.ActNorm(), nux.Coupling(hidden_layer_sizes=(8,)), nux.UnitGaussianPrior()
+            ),
+            (6, 4),
+        ),
         (lambda: nux.Factored(nux.UnitGaussianPrior(), nux.DiagGaussianPrior()), (6, 4)),
         (lambda: nux.Repeat(nux.Sequential(nux.ActNorm(), nux.Reverse()), 2), (6, 3)),
-        (lambda: nux.multi_scale(nux.Sequential(nux.ActNorm(), nux.OneByOneConv()), nux.UnitGaussianPrior()), (4, 4, 4, 2)),
-        (lambda: nux.Sequential(nux.Squeeze(), nux.ChainRule(nux.UnitGaussianPrior(), nux.UnitGaussianPrior())), (4, 4, 4, 2)),
+        (
+            lambda: nux.multi_scale(
+                nux.Sequential(nux.ActNorm(), nux.OneByOneConv()), nux.UnitGaussianPrior()
+            ),
+            (4, 4, 4, 2),
+        ),
+        (
+            lambda: nux.Sequential(
+                nux.Squeeze(), nux.ChainRule(nux.UnitGaussianPrior(), nux.UnitGaussianPrior())
+            ),
+            (4, 4, 4, 2),
+        ),
     ],
 )
 def test_init_adds_no_instance_attributes(make, shape):
