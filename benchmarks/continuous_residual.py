@@ -3,7 +3,7 @@ a residual flow on digits next to Glow.
 
     python benchmarks/continuous_residual.py --quick          # a few hundred steps each
     python benchmarks/continuous_residual.py                  # the full toy run
-    python benchmarks/continuous_residual.py --jobs nux:residual-digits
+    python benchmarks/continuous_residual.py --jobs nux:residual-digits --tag residual_digits
 
 Each (library, model) job runs in its own worker process, one after another. The nux_eqx
 jobs run with this interpreter (it needs `diffrax`: `pip install "nux_eqx[continuous]"`);
@@ -362,6 +362,9 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--max-seconds", type=float, default=1e9, help="stop each toy job's training after this")
     p.add_argument("--parallel", type=int, default=1, help="workers at a time (they then share the CPUs)")
+    p.add_argument(
+        "--tag", default=None, help="name of the results file (default continuous_residual[_quick])"
+    )
     a = p.parse_args(argv)
     cfg = {
         "steps": 300 if a.quick else a.steps,
@@ -398,7 +401,7 @@ def main(argv=None):
             ],
         )
     )
-    name = "continuous_residual" + ("_quick" if a.quick else "")
+    name = a.tag or "continuous_residual" + ("_quick" if a.quick else "")
     path = C.write_json(
         name,
         {
@@ -406,7 +409,7 @@ def main(argv=None):
             "config": cfg,
             "rows": rows,
             "command": "python benchmarks/continuous_residual.py " + " ".join(argv),
-            "note": "2-core machine shared by 8 concurrent jobs: wall times are under load",
+            "note": f"{a.parallel} job(s) at a time on this machine; each row's load_before is the load average when it started",
         },
     )
     print("wrote", path)

@@ -30,9 +30,11 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from .._context import LOOP_BODY, loop_body
 from .._flow import NonTrainable, ShapeError
 from .._types import AnyShape, Cond, Key, Scalar
 from ..nn import cast_floating, cond_features
+from ..nn._nets import _conv_im2col
 from ._stochastic_logdet import AbstractEstimableFlow
 
 _INIT_POWER_ITERATIONS = 100
@@ -74,6 +76,10 @@ class _SpectralLayer(eqx.Module):
     def _apply(self, kernel: Array, x: Array) -> Array:
         if kernel.ndim == 2:
             return kernel @ x
+        if LOOP_BODY.get() and jax.default_backend() == "cpu":
+            # inside the estimator's loop: XLA:CPU's conv weight gradient is ~100x slower
+            # in a loop than this matmul over patches (the same convolution; see nn.loop_body)
+            return _conv_im2col(x, kernel)
         return lax.conv_general_dilated(
             x[None], kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
         )[0]
@@ -352,13 +358,14 @@ class ResidualFlow(AbstractEstimableFlow):
         J = jax.vmap(jvp)(jnp.eye(x.shape[0], dtype=x.dtype)).T
         return jnp.linalg.slogdet(jnp.eye(x.shape[0], dtype=x.dtype) + J)[1]
 
-    def _estimate_log_det(self, g: Callable, x: Array, key: PRNGKeyArray) -> Array:
+    def _estimate_log_det(self, g: Callable, x: Array, key: PRNGKeyArray) -> tuple[Array, Array]:
+        """`(g(x), estimate)`: one linearisation gives both."""
         k_v, k_n = jr.split(key)
         d = x.shape[0]
         v = jr.rademacher(k_v, (d,), x.dtype) if self.noise == "rademacher" else jr.normal(k_v, (d,), x.dtype)
         u = jr.uniform(k_n, (), x.dtype, minval=jnp.finfo(x.dtype).tiny, maxval=1.0)
         n = self.n_exact_terms + jnp.floor(jnp.log(u) / math.log(1.0 - self.p))
-        _, jvp = jax.linearize(g, x)
+        gx, jvp = jax.linearize(g, x)
 
         def body(w, k):
             w = jvp(w)  # J^k v
@@ -367,7 +374,7 @@ class ResidualFlow(AbstractEstimableFlow):
 
         ks = jnp.arange(1, self.max_terms + 1, dtype=x.dtype)
         _, terms = lax.scan(body, v, ks)
-        return jnp.sum(terms)
+        return gx, jnp.sum(terms)
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         g = self._g(cond)
@@ -380,10 +387,14 @@ class ResidualFlow(AbstractEstimableFlow):
     def transform_estimate(self, x, reverse, *, key, cond):
         g = self._g(cond)
         flat = x.reshape(-1)
-        if reverse:
-            xs = self._inverse(g, flat)
-            return xs.reshape(x.shape), self._estimate_log_det(g, xs, key)
-        return (flat + g(flat)).reshape(x.shape), self._estimate_log_det(g, flat, key)
+        # traced as a loop body: the estimator's scan runs J's JVP (and, under grad, its
+        # transpose) once per term, where convolutions are faster as patch matmuls on CPU
+        with loop_body():
+            if reverse:
+                xs = self._inverse(g, flat)
+                return xs.reshape(x.shape), self._estimate_log_det(g, xs, key)[1]
+            gx, log_det = self._estimate_log_det(g, flat, key)
+        return (flat + gx).reshape(x.shape), log_det
 
     def lipschitz_bound(self) -> Array:
         """The product of the layers' normalised operator norms, each computed to
