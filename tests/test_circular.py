@@ -79,14 +79,19 @@ def test_torus_density_integrates_to_one():
         nux.UniformPrior(-math.pi, math.pi),
     )
     flow = scramble(nux.init(flow, x, key=jr.key(5)), jr.key(6), scale=0.5)
-    # The scrambled density has sharp peaks (max ~23): a fine grid (200 cells: 0.84).
-    g = jnp.linspace(-math.pi, math.pi, 1001)[:-1] + math.pi / 1000
+    # The scrambled density has sharp peaks (max ~51): a fine midpoint grid, whose error
+    # falls as h^2 here (the spline is C^1): 1000 cells a side give 1.0037, 2000 ~1.0009,
+    # 3000 1.00001.
+    n = 2000
+    g = jnp.linspace(-math.pi, math.pi, n + 1)[:-1] + math.pi / n
     grid = jnp.stack(jnp.meshgrid(g, g), -1).reshape(-1, 2)
     p = jnp.exp(jax.jit(jax.vmap(lambda v: nux.log_prob(flow, v)))(grid))
-    np.testing.assert_allclose(float(p.sum() * (2 * math.pi / 1000) ** 2), 1.0, atol=2e-3)
+    np.testing.assert_allclose(float(p.sum() * (2 * math.pi / n) ** 2), 1.0, atol=2e-3)
     xs, log_q = jax.vmap(lambda k: nux.sample(flow, k))(jr.split(jr.key(7), 64))
     assert bool(jnp.all((xs >= -math.pi) & (xs <= math.pi)))
-    np.testing.assert_allclose(log_q, jax.vmap(lambda v: nux.log_prob(flow, v))(xs), atol=1e-4)
+    # float32: in the steepest bins (density ~51 at its peak) the inverse's rounding moves
+    # the log-density by up to ~2e-4
+    np.testing.assert_allclose(log_q, jax.vmap(lambda v: nux.log_prob(flow, v))(xs), atol=5e-4)
 
 
 def test_uniform_prior():
