@@ -203,11 +203,15 @@ def _rounding_effect(flow, xs, keys, cond, reverse, rel: float, n_dir: int = 3):
         flow64, xs64, cond64 = _to64(flow), _to64(jnp.asarray(xs)), _to64(cond)
         params = eqx.filter((flow64, xs64), eqx.is_inexact_array)
         rng = np.random.default_rng(_EFFECT_KEY)
+
         # each random direction and its opposite: a threshold (a spline knot, a bin edge)
         # that rounding can cross in one direction is crossed by one of the two. Signs are
         # drawn on the host: threefry inside the jit would cost seconds of compile per flow.
-        signs = jax.tree.map(lambda v: rng.choice(np.array([-1.0, 1.0]), size=(n_dir, *v.shape)), params)
-        signs = jax.tree.map(lambda s: jnp.asarray(np.concatenate([s, -s])), signs)
+        def directions(v):
+            s = rng.choice(np.array([-1.0, 1.0]), size=(n_dir, *v.shape))
+            return jnp.asarray(np.concatenate([s, -s]))
+
+        signs = jax.tree.map(directions, params)
         out = _rounding_effect_jit(flow64, xs64, keys, cond64, reverse, signs, rel)
         return tuple(np.asarray(o) for o in out)
 

@@ -33,12 +33,16 @@ class Case:
     slow: bool = False
 
 
-def params(cases: dict) -> list:
+def params(cases: dict, only: Callable[[str], bool] | None = None) -> list:
     """`pytest.param`s of the case names, the `slow` ones marked `slow` (run with
-    `-m slow`; excluded from the default run to keep CI within its budget)."""
+    `-m slow`; excluded from the default run to keep CI within its budget). With `only`,
+    the names it rejects are marked `slow` too."""
     import pytest
 
-    return [pytest.param(n, marks=pytest.mark.slow) if cases[n].slow else n for n in sorted(cases)]
+    def slow(n):
+        return cases[n].slow or (only is not None and not only(n))
+
+    return [pytest.param(n, marks=pytest.mark.slow) if slow(n) else n for n in sorted(cases)]
 
 
 BATCH = 6

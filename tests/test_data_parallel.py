@@ -10,6 +10,10 @@ import textwrap
 
 import pytest
 
+# Every test here starts processes (the four-device ones share a ~50 s subprocess, which
+# runs once per xdist worker that gets one of them): the whole module is in the slow tier.
+pytestmark = pytest.mark.slow
+
 SCRIPT = textwrap.dedent(
     r"""
     import json, sys, tempfile
@@ -69,11 +73,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-# The four-device tests share one subprocess (about 50 s on 2 cores), which runs once per
-# xdist worker that gets one of them: they run together in the slow tier (-m slow).
-four_device_test = pytest.mark.slow
-
-
 @pytest.fixture(scope="module")
 def four_devices():
     env = dict(os.environ)
@@ -87,7 +86,6 @@ def four_devices():
     return json.loads(line[len("RESULT") :])
 
 
-@four_device_test
 def test_four_devices_match_one(four_devices):
     r = four_devices
     assert r["n_devices_of_params"] == 4  # the state is replicated on all four
@@ -97,18 +95,15 @@ def test_four_devices_match_one(four_devices):
     assert r["scan_param_diff"] < 1e-4
 
 
-@four_device_test
 def test_each_batch_is_split_over_the_devices(four_devices):
     # training batches and validation chunks alike
     assert four_devices["batch_spec"] == ["P('batch',)"]
 
 
-@four_device_test
 def test_resume_on_four_devices_is_exact(four_devices):
     assert four_devices["resume_param_diff"] < 1e-6
 
 
-@four_device_test
 def test_batch_size_must_divide(four_devices):
     msg = four_devices["error"]
     assert "batch_size (30) must be a multiple of the number of devices (4)" in msg
@@ -139,7 +134,6 @@ HOST = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
 def test_two_hosts_match_one_device(tmp_path):
     """`jax.distributed.initialize` on two local processes (2 CPU devices each, gloo
     collectives): `fit` trains over all 4 devices, process 0 writes the checkpoint, and the

@@ -26,13 +26,7 @@ def _needs_key(flow) -> bool:
 
 
 # the default-constructor cases (every public flow) in the default run, the variants with -m slow
-_TRANSFORM_CASES = [
-    n if not isinstance(n, str) or n.startswith("defaults-") else pytest.param(n, marks=pytest.mark.slow)
-    for n in params(CASES)
-]
-
-
-@pytest.mark.parametrize("name", _TRANSFORM_CASES)
+@pytest.mark.parametrize("name", params(CASES, only=lambda n: n.startswith("defaults-")))
 def test_equinox_transforms_take_the_flow(name):
     """`eqx.filter_jit(flow)`, `eqx.filter_vmap(flow)` and `eqx.filter_grad` over a function of
     the flow, on every registry case. To stay cheap nothing is compiled or run: `init` and

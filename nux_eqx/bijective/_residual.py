@@ -30,11 +30,11 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from .._context import LOOP_BODY, loop_body
+from .._context import loop_body
 from .._flow import NonTrainable, ShapeError
 from .._types import AnyShape, Cond, Key, Scalar
 from ..nn import cast_floating, cond_features
-from ..nn._nets import _conv_im2col
+from ..nn._nets import conv_same
 from ._stochastic_logdet import AbstractEstimableFlow
 
 _INIT_POWER_ITERATIONS = 100
@@ -76,13 +76,7 @@ class _SpectralLayer(eqx.Module):
     def _apply(self, kernel: Array, x: Array) -> Array:
         if kernel.ndim == 2:
             return kernel @ x
-        if LOOP_BODY.get() and jax.default_backend() == "cpu":
-            # inside the estimator's loop: XLA:CPU's conv weight gradient is ~100x slower
-            # in a loop than this matmul over patches (the same convolution; see nn.loop_body)
-            return _conv_im2col(x, kernel)
-        return lax.conv_general_dilated(
-            x[None], kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )[0]
+        return conv_same(x, kernel)  # patch matmuls inside the estimator's loop (CPU)
 
     def power_iterate(self, n: int) -> tuple[Array, Array]:
         """`n` power-iteration steps from the stored `u` on `stop_gradient(kernel)`.
@@ -278,7 +272,6 @@ class ResidualFlow(AbstractEstimableFlow):
     p: float = eqx.field(static=True)
     max_terms: int = eqx.field(static=True)
     noise: str = eqx.field(static=True)
-
 
     def __init__(
         self,

@@ -112,12 +112,18 @@ class Conv2d(eqx.Module):
         self.bias = jnp.zeros((out_channels,))
 
     def __call__(self, x: Float[Array, "h w cin"]) -> Float[Array, "h w cout"]:
-        if LOOP_BODY.get() and jax.default_backend() == "cpu":
-            return _conv_im2col(x, self.weight) + self.bias
-        y = jax.lax.conv_general_dilated(
-            x[None], self.weight, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )[0]
-        return y + self.bias
+        return conv_same(x, self.weight) + self.bias
+
+
+def conv_same(x: Array, w: Array) -> Array:
+    """The stride-1 'SAME' convolution of one channels-last `(h, w, cin)` image with an HWIO
+    kernel; inside [`nux_eqx.nn.loop_body`][] on CPU, as a matmul over patches (the same
+    convolution; XLA:CPU's convolution weight gradient is ~100x slower inside a loop)."""
+    if LOOP_BODY.get() and jax.default_backend() == "cpu":
+        return _conv_im2col(x, w)
+    return jax.lax.conv_general_dilated(
+        x[None], w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )[0]
 
 
 def _conv_im2col(x: Array, w: Array) -> Array:
