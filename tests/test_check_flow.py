@@ -153,3 +153,37 @@ def test_well_conditioned_inverse_error_still_fails():
 def test_error_hidden_by_float32_conditioning_is_caught_in_float64():
     with pytest.raises(AssertionError, match=r"SkewedSoftmaxPP.*in float64"):
         check_flow(SkewedSoftmaxPP(), 2 * jr.normal(jr.key(1), (8, 4)), key=jr.key(1))
+
+
+# --------------------------------------------------------------------------------------
+# A map that is numerically flat where the data are: a logistic mixture of two sharp
+# components far apart (the parameters a scrambled FlowPlusPlus coupling drew; slope
+# ~1e-18 between them). float32 and float64 both return some point of the flat stretch, so
+# the round trip holds only by the conditioning; the reverse must then report the
+# contribution of the point it returns, and a wrong one still fails.
+# --------------------------------------------------------------------------------------
+
+_FLAT = (
+    jnp.array([6.9608707, -2.467231]),  # logits
+    jnp.array([-6.0044956, 1.6509936]),  # means
+    jnp.array([-2.4391713, -3.966801]),  # log-scales
+)
+
+
+class FlatMixture(nux.AbstractBijection):
+    """`logistic_mixture_logit` at the fixed parameters `_FLAT`; `offset` is added to the
+    reverse contribution (0 for the correct layer)."""
+
+    offset: float = eqx.field(static=True, default=0.0)
+
+    def transform(self, x: V, reverse: bool, *, key, cond) -> tuple[V, S]:
+        params = tuple(p.astype(x.dtype) for p in _FLAT)
+        out, log_dg = nux.logistic_mixture_logit(x, *params, inverse=reverse)
+        return out, jnp.sum(log_dg) + (self.offset if reverse else 0.0)
+
+
+def test_numerically_flat_map_passes_and_a_wrong_reverse_contribution_fails():
+    x = jr.uniform(jr.key(3), (8, 3), minval=-3.5, maxval=1.0)
+    check_flow(FlatMixture(), x, key=jr.key(1), scramble_params=False)
+    with pytest.raises(AssertionError, match=r"FlatMixture.*contribution"):
+        check_flow(FlatMixture(offset=0.5), x, key=jr.key(1), scramble_params=False)
