@@ -28,7 +28,9 @@ from jaxtyping import PyTree
 from ._flow import AbstractFlow, init
 
 FORMAT = "nux_eqx-checkpoint"
-VERSION = 2  # 2: the header also describes every layer (type and static configuration)
+VERSION = 3  # 2: the header also describes every layer (type and static configuration)
+# 3: a layer's description includes its transformer's (`Coupling`, `MaskedAutoregressive`),
+#    and `Coupling.split` exists (before it, odd sizes transformed floor(d/2) features)
 # Format 2 headers may also hold "tree" (the configuration `load(path)` rebuilds the flow
 # from); older readers ignore it, and files without it load with a skeleton as before.
 
@@ -77,6 +79,9 @@ def describe_layers(tree: PyTree) -> list[list]:
                     v = getattr(node, f.name, None)
                     if _simple(v):
                         config[f.name] = json.loads(json.dumps(v))
+                    elif isinstance(v, AbstractFlow) and f.name != "template":
+                        # a layer's transformer: its settings change the map, not the arrays
+                        config[f.name] = describe_layers(v)[0][1:]
             out.append([path or "flow", type(node).__name__, config])
             for f in dataclasses.fields(node):
                 if not f.metadata.get("static", False):
@@ -281,7 +286,9 @@ def _encode(v, path: str, static: bool = False):
     if dataclasses.is_dataclass(v) and not isinstance(v, type):  # a frozen value object (static)
         return {
             "dataclass": _name_of(type(v)),
-            "fields": {f.name: _encode(getattr(v, f.name), f"{path}.{f.name}", True) for f in dataclasses.fields(v)},
+            "fields": {
+                f.name: _encode(getattr(v, f.name), f"{path}.{f.name}", True) for f in dataclasses.fields(v)
+            },
         }
     if isinstance(v, tuple) and hasattr(type(v), "_fields"):  # a NamedTuple (optax states)
         return {
@@ -356,6 +363,11 @@ def decode_tree(obj, trusted: tuple[str, ...] = TRUSTED) -> PyTree:
         node = object.__new__(cls)
         for name, value in obj["fields"].items():
             object.__setattr__(node, name, decode_tree(value, trusted))
+        # A field added since the checkpoint was written takes its class default: the
+        # value that reproduces the behaviour of then (e.g. `Coupling.split`).
+        for f in dataclasses.fields(cls):
+            if f.name not in stored and f.default is not dataclasses.MISSING:
+                object.__setattr__(node, f.name, f.default)
         for name, value in obj.get("dict_extra", {}).items():
             node.__dict__[name] = _MISSING if value == {"missing": True} else decode_tree(value, trusted)
         return node
@@ -475,12 +487,7 @@ def load(
                 f"which `like` ({type(like).__name__}) cannot take: {e}"
             ) from e
     if "layers" in header:  # format 2
-        for w, h in zip(describe_layers(like), header["layers"]):
-            if w != h:
-                raise CheckpointError(
-                    f"{path} was saved from a different flow: at {h[0]} it holds {h[1]} {h[2]}, "
-                    f"but `like` has {w[1]} {w[2]} at {w[0]}."
-                )
+        _compare_layers(path, describe_layers(like), header["layers"], header["version"])
     want = describe(like)
     have = header["leaves"]
     for i, (w, h) in enumerate(zip(want, have)):
@@ -504,6 +511,28 @@ def load(
             return eqx.tree_deserialise_leaves(f, like)
         except Exception as e:  # numpy raises several kinds on truncated data
             raise CheckpointError(f"{path} is truncated or corrupt: {e}") from e
+
+
+def _compare_layers(path, want: list, have: list, version: int) -> None:
+    """Refuse a checkpoint whose layers differ from `like`'s (types and settings).
+
+    A setting that a checkpoint of an older format did not record (a field added since,
+    a transformer's settings before format 3) is not compared, except where its value
+    in `like` did not exist then, so that the checkpoint cannot have used it."""
+    for w, h in zip(want, have):
+        w_config = w[2] if version >= VERSION else {k: v for k, v in w[2].items() if k in h[2]}
+        if w[:2] != h[:2] or w_config != h[2]:
+            raise CheckpointError(
+                f"{path} was saved from a different flow: at {h[0]} it holds {h[1]} {h[2]}, "
+                f"but `like` has {w[1]} {w[2]} at {w[0]}."
+            )
+        if version < 3 and "inverse_softplus" in json.dumps(w[2]):
+            raise CheckpointError(
+                f"{path} was written by an older nux_eqx (checkpoint format {version}), whose affine "
+                f"layers had no 'inverse_softplus' scale, but `like` has one at {w[0]}: "
+                "`MaskedAutoregressiveFlow` uses it by default since 0.2. Build `like` with "
+                "`scale='tanh'` (the old default), or load without `like`: `nux_eqx.load(path)`."
+            )
 
 
 def _load_configured(path, header: dict) -> Any:

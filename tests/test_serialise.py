@@ -105,3 +105,80 @@ def test_checkpoints_from_before_the_transformer_redesign_load(tmp_path):
     got = old.log_probs(vec, cond, img)
     for name, g in zip(("vec", "cond", "img"), got):
         assert jnp.allclose(g, jnp.asarray(expected[name]), atol=1e-4, rtol=1e-5), name
+
+
+def _as_format_2(path):
+    """Rewrite a checkpoint's header as nux_eqx wrote it before format 3: no `split`
+    field in couplings, no transformer settings in the layers' descriptions."""
+    import json
+
+    raw = path.read_bytes()
+    newline = raw.index(b"\n")
+    header = json.loads(raw[:newline])
+    stripped = []
+
+    def strip(node):
+        if isinstance(node, dict):
+            if "Coupling" in str(node.get("module", "")):
+                stripped.append(node["fields"].pop("split"))
+            for v in node.values():
+                strip(v)
+        elif isinstance(node, list):
+            for v in node:
+                strip(v)
+
+    strip(header["tree"])
+    for _, _, config in header["layers"]:
+        config.pop("split", None)
+        config.pop("transformer", None)
+    header["version"] = 2
+    path.write_bytes(json.dumps(header).encode() + raw[newline:])
+    return stripped
+
+
+def test_checkpoint_written_before_coupling_split_loads_with_its_floor_split(tmp_path):
+    """Couplings on odd sizes transform ceil(d/2) features since `split` was added; a
+    checkpoint written before it (no `split` in its stored configuration) was a
+    floor(d/2) coupling and must load as one, not with the new default."""
+    import jax.numpy as jnp
+
+    x = jr.normal(jr.key(0), (16, 3))
+    old = nux.init(
+        nux.Sequential(nux.Coupling(hidden_layer_sizes=(8,), split="floor"), nux.UnitGaussianPrior()),
+        x,
+        key=jr.key(1),
+    )
+    path = tmp_path / "old.eqx"
+    nux.save(path, old)
+    assert _as_format_2(path) == ["floor"]
+    loaded = nux.load(path)
+    assert loaded.layers[0].split == "floor"
+    lp = jax.vmap(nux.log_prob, in_axes=(None, 0))
+    assert jnp.allclose(lp(loaded, x), lp(old, x))
+    # into a flow built with today's default split: a clear error, not a silent load
+    with pytest.raises(nux.CheckpointError, match="different flow"):
+        nux.load(path, nux.Sequential(nux.Coupling(hidden_layer_sizes=(8,)), nux.UnitGaussianPrior()))
+    again = nux.load(
+        path, nux.Sequential(nux.Coupling(hidden_layer_sizes=(8,), split="floor"), nux.UnitGaussianPrior())
+    )
+    assert jnp.allclose(lp(again, x), lp(old, x))
+
+
+def test_maf_checkpoint_of_the_old_tanh_default_never_loads_into_the_new_default(tmp_path):
+    """MaskedAutoregressiveFlow's affine scale changed ('tanh' -> 'inverse_softplus'); the
+    arrays are the same shapes, so only the recorded settings can tell an old checkpoint
+    from a new flow: loading one into the other must fail, and each loads into its own."""
+    import jax.numpy as jnp
+
+    x = jr.normal(jr.key(0), (32, 3))
+    old = nux.init(nux.MaskedAutoregressiveFlow(2, (16,), scale="tanh"), x, key=jr.key(1))
+    lp = jax.vmap(nux.log_prob, in_axes=(None, 0))
+    for fmt in (3, 2):
+        path = tmp_path / f"maf{fmt}.eqx"
+        nux.save(path, old)
+        if fmt == 2:
+            _as_format_2(path)
+        with pytest.raises(nux.CheckpointError, match="different flow|inverse_softplus"):
+            nux.load(path, nux.MaskedAutoregressiveFlow(2, (16,)))
+        for got in (nux.load(path), nux.load(path, nux.MaskedAutoregressiveFlow(2, (16,), scale="tanh"))):
+            assert jnp.allclose(lp(got, x), lp(old, x))

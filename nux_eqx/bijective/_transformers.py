@@ -21,8 +21,9 @@ from jaxtyping import Array
 from .._flow import AbstractBijection, AbstractFlow
 from .._types import AnyShape, Cond, Key, Scalar
 
-ScaleParam = Literal["tanh", "exp", "softplus"]
+ScaleParam = Literal["tanh", "exp", "softplus", "inverse_softplus"]
 _SOFTPLUS_MIN = 1e-3
+_INVERSE_SOFTPLUS_MIN = 1e-2
 
 
 class ElementwiseAffine(AbstractBijection):
@@ -37,7 +38,12 @@ class ElementwiseAffine(AbstractBijection):
 
     - `scale`: how the unconstrained parameter `u` gives the scale: `"tanh"` (default,
       NuX's bounded `log scale = tanh(u)`, so one layer scales by at most `e`), `"exp"`
-      (`log scale = u`), or `"softplus"` (`scale = softplus(u) + 1e-3`).
+      (`log scale = u`), `"softplus"` (`scale = softplus(u) + 1e-3`), or
+      `"inverse_softplus"` (`1 / scale = softplus(u) + 1e-2`: `z = (x - shift) *
+      (softplus(u) + 0.01)`, so the map to the latent space shrinks a feature at most
+      100-fold and may stretch it freely, which sharply peaked densities need; FlowJAX's
+      affine map in its density direction, and [`nux_eqx.MaskedAutoregressiveFlow`][]'s
+      choice).
     """
 
     shift: Array | None
@@ -45,14 +51,20 @@ class ElementwiseAffine(AbstractBijection):
     scale: ScaleParam = eqx.field(static=True)
 
     def __init__(self, scale: ScaleParam = "tanh"):
-        if scale not in ("tanh", "exp", "softplus"):
-            raise ValueError(f"ElementwiseAffine: scale must be 'tanh', 'exp' or 'softplus', got {scale!r}.")
+        if scale not in ("tanh", "exp", "softplus", "inverse_softplus"):
+            raise ValueError(
+                "ElementwiseAffine: scale must be 'tanh', 'exp', 'softplus' or 'inverse_softplus', "
+                f"got {scale!r}."
+            )
         self.scale = scale
         self.shift = self.scale_param = None
 
     def init(self, x_batch, *, key, cond=None):
         shape, dt = x_batch.shape[1:], x_batch.dtype
-        u0 = math.log(math.expm1(1.0 - _SOFTPLUS_MIN)) if self.scale == "softplus" else 0.0
+        u0 = {
+            "softplus": math.log(math.expm1(1.0 - _SOFTPLUS_MIN)),
+            "inverse_softplus": math.log(math.expm1(1.0 - _INVERSE_SOFTPLUS_MIN)),
+        }.get(self.scale, 0.0)
         new = (jnp.zeros(shape, dt), jnp.full(shape, u0, dt))
         return eqx.tree_at(lambda s: (s.shift, s.scale_param), self, new, is_leaf=lambda v: v is None)
 
@@ -62,6 +74,8 @@ class ElementwiseAffine(AbstractBijection):
             return jnp.tanh(u)
         if self.scale == "exp":
             return u
+        if self.scale == "inverse_softplus":
+            return -jnp.log(jax.nn.softplus(u) + _INVERSE_SOFTPLUS_MIN)
         return jnp.log(jax.nn.softplus(u) + _SOFTPLUS_MIN)
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
