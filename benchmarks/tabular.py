@@ -8,8 +8,8 @@
 Models (MLPs 2 x 128, ReLU, each library's default initialisation, base N(0, I)):
 
 - `affine`: 8 affine couplings with a fixed random permutation between them.
-  nux_eqx `RealNVP(8, (128, 128), actnorm=False)` (log-scale = tanh, 3 of 7 features
-  transformed from the other 4); flowjax `coupling_flow(flow_layers=8)` (softplus + 0.01
+  nux_eqx `RealNVP(8, (128, 128), actnorm=False)` (log-scale = tanh, 4 of 7 features
+  transformed from the other 3); flowjax `coupling_flow(flow_layers=8)` (softplus + 0.01
   scale, 4 transformed from 3); zuko `RealNVP(7, transforms=8, randmask=True)`; distrax 8
   `MaskedCoupling`s with seeded random masks and `eqx.nn.MLP(7 -> 14)` conditioners.
 - `nsf`: 8 rational-quadratic spline couplings, K = 8 bins on [-4, 4], identity tails.
@@ -17,7 +17,8 @@ Models (MLPs 2 x 128, ReLU, each library's default initialisation, base N(0, I))
   `coupling_flow(transformer=RationalQuadraticSpline(knots=7, interval=4))`; zuko
   8 `GeneralCouplingTransform(MonotonicRQSTransform(bound=4))`; distrax
   `MaskedCoupling(RationalQuadraticSpline(range 4, identity boundary slopes))`.
-- `maf`: 5 MADE layers (2 x 128). nux_eqx `MaskedAutoregressiveFlow(5, actnorm=False)`;
+- `maf`: 5 MADE layers (2 x 128). nux_eqx `MaskedAutoregressiveFlow(5, actnorm=False)`
+  (`z = (x - shift) * (softplus(u) + 0.01)`, the `"inverse_softplus"` scale);
   flowjax `masked_autoregressive_flow(flow_layers=5)`; zuko `MAF(7, transforms=5,
   randperm=True)`. distrax has no MAF.
 - `bnaf` (opt-in): 3 block neural autoregressive layers (2 hidden layers, block_dim 16:
@@ -188,7 +189,10 @@ def job_nux(model, cfg):
         for i in range(8):
             layers += [nux.ActNorm()] if cfg["actnorm"] else []
             net = nux.nn.DefaultNetwork((128, 128), None, zero_init=zero)
-            layers += [nux.Coupling(nux.ElementwiseAffine(scale or "tanh"), network_factory=net), nux.Permute(seed=i)]
+            layers += [
+                nux.Coupling(nux.ElementwiseAffine(scale or "tanh"), network_factory=net),
+                nux.Permute(seed=i),
+            ]
         flow = nux.Sequential(*layers, nux.UnitGaussianPrior())
     elif model == "affine":
         flow = nux.RealNVP(8, (128, 128), actnorm=cfg["actnorm"])
@@ -203,8 +207,26 @@ def job_nux(model, cfg):
             layers += [nux.ActNorm()] if cfg["actnorm"] else []
             layers += [nux.MaskedAutoregressive(nux.DeepSigmoidal(8), (128, 128), "random", seed=i)]
         flow = nux.Sequential(*layers, nux.UnitGaussianPrior())
+    elif model == "nsf" and zero is not None:  # the spline coupling's network at random / zero start
+        layers = []
+        for i in range(8):
+            layers += [nux.ActNorm()] if cfg["actnorm"] else []
+            net = nux.nn.DefaultNetwork((128, 128), None, zero_init=zero)
+            layers += [nux.NeuralSpline(8, 4.0, network_factory=net), nux.Permute(seed=i)]
+        flow = nux.Sequential(*layers, nux.UnitGaussianPrior())
     elif model == "nsf":
         flow = nux.NeuralSplineFlow(8, (128, 128), K=8, B=4.0, actnorm=cfg["actnorm"])
+    elif model == "maf" and (scale is not None or zero is not None):
+        import nux_eqx.nn._made as made_module
+
+        if zero is not None:  # MADE's output layer at zero (the default) or random
+            made_module.MADE.__init__.__kwdefaults__["zero_init"] = zero
+        layers = []
+        for i in range(5):
+            layers += [nux.ActNorm()] if cfg["actnorm"] else []
+            t = nux.ElementwiseAffine(scale or "tanh")
+            layers += [nux.MaskedAutoregressive(t, (128, 128), "random", seed=i)]
+        flow = nux.Sequential(*layers, nux.UnitGaussianPrior())
     else:
         flow = nux.MaskedAutoregressiveFlow(5, (128, 128), actnorm=cfg["actnorm"])
     key = jax.random.key(cfg["seed"])
@@ -584,10 +606,18 @@ def main(argv=None):
     p.add_argument("--actnorm", action="store_true", help="nux_eqx models with their default ActNorm")
     p.add_argument("--nux-step", choices=["make_step", "plain"], default="make_step")
     p.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--nux-scale", choices=["tanh", "exp", "softplus"], default=None,
-                   help="nux:affine with this ElementwiseAffine scale (default: RealNVP's)")
-    p.add_argument("--nux-zero-init", choices=["true", "false"], default=None,
-                   help="nux:affine with the conditioner's last layer zero (true) or random (false)")
+    p.add_argument(
+        "--nux-scale",
+        choices=["tanh", "exp", "softplus", "inverse_softplus"],
+        default=None,
+        help="nux:affine and nux:maf with this ElementwiseAffine scale (default: the ready model's)",
+    )
+    p.add_argument(
+        "--nux-zero-init",
+        choices=["true", "false"],
+        default=None,
+        help="nux:affine / maf / nsf with the conditioner's last layer zero (true) or random (false)",
+    )
     p.add_argument("--batch-size", type=int, default=512, help="examples per step (default 512)")
     p.add_argument("--tag", default=None, help="suffix of the results file")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per job (default 900)")
