@@ -141,14 +141,22 @@ def test_custom_factory_gets_the_documented_shapes():
 
     x = _image(shape=(4, 4, 3))
     nux.init(nux.Coupling(network_factory=factory, mask="checkerboard"), x, key=jr.key(0))
-    nux.init(nux.Coupling(kind="additive", network_factory=factory), x, key=jr.key(0))
+    nux.init(
+        nux.Coupling(kind="additive", network_factory=factory), x, key=jr.key(0)
+    )  # ceil(3/2) = 2 changed
+    nux.init(nux.Coupling(kind="additive", network_factory=factory, split="floor"), x, key=jr.key(0))
     nux.init(
         nux.ConditionedCoupling(network_factory=factory, mask="checkerboard"),
         x,
         key=jr.key(0),
         cond=jnp.zeros((8, 5)),
     )
-    assert seen == [((4, 4, 3), (4, 4, 6)), ((4, 4, 2), (4, 4, 1)), ((4, 4, 8), (4, 4, 6))]
+    assert seen == [
+        ((4, 4, 3), (4, 4, 6)),
+        ((4, 4, 1), (4, 4, 2)),
+        ((4, 4, 2), (4, 4, 1)),
+        ((4, 4, 8), (4, 4, 6)),
+    ]
 
 
 def test_plain_jit_works_with_masks():
