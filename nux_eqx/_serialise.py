@@ -530,7 +530,7 @@ def _compare_layers(path, want: list, have: list, version: int) -> None:
             raise CheckpointError(
                 f"{path} was written by an older nux_eqx (checkpoint format {version}), whose affine "
                 f"layers had no 'inverse_softplus' scale, but `like` has one at {w[0]}: "
-                "`MaskedAutoregressiveFlow` uses it by default since 0.2. Build `like` with "
+                "`MaskedAutoregressiveFlow` uses it by default after 0.1. Build `like` with "
                 "`scale='tanh'` (the old default), or load without `like`: `nux_eqx.load(path)`."
             )
 

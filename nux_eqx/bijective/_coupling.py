@@ -127,7 +127,7 @@ class Coupling(AbstractBijection):
       transformed: `"ceil"` (default: `ceil(d/2)`, the larger part, as in FlowJAX; on the
       7-D galaxy table an 8-coupling RealNVP reached a median test NLL of -6.26 over three
       seeds with it and -6.03 with `"floor"`) or `"floor"` (`floor(d/2)`: NuX's split and
-      nux_eqx's before version 0.2; build the layer with it to load a checkpoint of an
+      nux_eqx 0.1's; build the layer with it to load a checkpoint of an
       odd-sized coupling written then into a flow you construct. `nux_eqx.load(path)`
       without `like` rebuilds such a checkpoint with it by itself). Even sizes split in
       half either way.

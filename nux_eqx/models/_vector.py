@@ -131,10 +131,10 @@ def MaskedAutoregressiveFlow(
     - `actnorm`: data-initialised `ActNorm` before each layer (default `True`).
     - `seed`: the seed of the first layer's ordering.
     - `scale`: the affine maps' scale parametrisation (see
-      [`nux_eqx.ElementwiseAffine`][]): `"inverse_softplus"` (default since 0.2; on the
+      [`nux_eqx.ElementwiseAffine`][]): `"inverse_softplus"` (default after nux_eqx 0.1; on the
       7-D galaxy table five layers reached a median test NLL of -5.86 over three seeds,
       FlowJAX's MAF -6.02) or `"tanh"` (NuX's bounded log-scale, [`nux_eqx.MAF`][]'s,
-      and this model's before 0.2: -5.54; pass it to load a checkpoint written then into
+      and this model's in 0.1: -5.54; pass it to load a checkpoint written then into
       a flow you construct).
 
     **Returns:** an un-initialised `Sequential`.
