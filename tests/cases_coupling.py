@@ -48,6 +48,13 @@ CASES = {
         cond=_cond_pytree_vector,
         covers=("Coupling", "ElementwiseAffine"),
     ),
+    # An odd size with the old split (floor(5/2) = 2 transformed; the default changes 3), and
+    # FlowJAX's affine map (the scale as a multiplier, bounded below).
+    "Coupling-odd-floor-split-inverse-softplus": Case(
+        lambda: nux.Coupling(nux.ElementwiseAffine("inverse_softplus"), split="floor", **SMALL),
+        lambda k: jr.normal(k, (BATCH, 5)),
+        covers=("Coupling", "ElementwiseAffine"),
+    ),
     "ConditionedCoupling-vector-additive": Case(
         lambda: nux.ConditionedCoupling(kind="additive", **SMALL),
         lambda k: jr.normal(k, (BATCH, 5)),
