@@ -513,6 +513,15 @@ def load(
             raise CheckpointError(f"{path} is truncated or corrupt: {e}") from e
 
 
+_TRANSFORMERS_RECORDED = 3  # the first format whose layer descriptions hold transformers
+
+
+def _transformer_scale(config: dict) -> Any:
+    """The affine scale of a layer's transformer in a layer description, if it has one."""
+    transformer = config.get("transformer")
+    return transformer[1].get("scale") if transformer else None
+
+
 def _compare_layers(path, want: list, have: list, version: int) -> None:
     """Refuse a checkpoint whose layers differ from `like`'s (types and settings).
 
@@ -526,7 +535,7 @@ def _compare_layers(path, want: list, have: list, version: int) -> None:
                 f"{path} was saved from a different flow: at {h[0]} it holds {h[1]} {h[2]}, "
                 f"but `like` has {w[1]} {w[2]} at {w[0]}."
             )
-        if version < 3 and "inverse_softplus" in json.dumps(w[2]):
+        if version < _TRANSFORMERS_RECORDED and _transformer_scale(w[2]) == "inverse_softplus":
             raise CheckpointError(
                 f"{path} was written by an older nux_eqx (checkpoint format {version}), whose affine "
                 f"layers had no 'inverse_softplus' scale, but `like` has one at {w[0]}: "

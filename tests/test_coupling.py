@@ -141,9 +141,8 @@ def test_custom_factory_gets_the_documented_shapes():
 
     x = _image(shape=(4, 4, 3))
     nux.init(nux.Coupling(network_factory=factory, mask="checkerboard"), x, key=jr.key(0))
-    nux.init(
-        nux.Coupling(kind="additive", network_factory=factory), x, key=jr.key(0)
-    )  # ceil(3/2) = 2 changed
+    # the channel split of 3 channels: ceil(3/2) = 2 changed by default, 1 with "floor"
+    nux.init(nux.Coupling(kind="additive", network_factory=factory), x, key=jr.key(0))
     nux.init(nux.Coupling(kind="additive", network_factory=factory, split="floor"), x, key=jr.key(0))
     nux.init(
         nux.ConditionedCoupling(network_factory=factory, mask="checkerboard"),

@@ -26,6 +26,23 @@ _SOFTPLUS_MIN = 1e-3
 _INVERSE_SOFTPLUS_MIN = 1e-2
 
 
+def _u_for_unit_scale(floor: float) -> float:
+    """The `u` with `softplus(u) + floor == 1`."""
+    return math.log(math.expm1(1.0 - floor))
+
+
+# Each scale parametrisation: (the `u` that gives scale 1, `u -> log scale`).
+_SCALES = {
+    "tanh": (0.0, jnp.tanh),
+    "exp": (0.0, lambda u: u),
+    "softplus": (_u_for_unit_scale(_SOFTPLUS_MIN), lambda u: jnp.log(jax.nn.softplus(u) + _SOFTPLUS_MIN)),
+    "inverse_softplus": (
+        _u_for_unit_scale(_INVERSE_SOFTPLUS_MIN),
+        lambda u: -jnp.log(jax.nn.softplus(u) + _INVERSE_SOFTPLUS_MIN),
+    ),
+}
+
+
 class ElementwiseAffine(AbstractBijection):
     """An elementwise affine map with a learned shift and scale per feature:
     `z = (x - shift) / scale`, contribution `-sum(log scale)`.
@@ -51,32 +68,18 @@ class ElementwiseAffine(AbstractBijection):
     scale: ScaleParam = eqx.field(static=True)
 
     def __init__(self, scale: ScaleParam = "tanh"):
-        if scale not in ("tanh", "exp", "softplus", "inverse_softplus"):
-            raise ValueError(
-                "ElementwiseAffine: scale must be 'tanh', 'exp', 'softplus' or 'inverse_softplus', "
-                f"got {scale!r}."
-            )
+        if scale not in _SCALES:
+            raise ValueError(f"ElementwiseAffine: scale must be one of {tuple(_SCALES)}, got {scale!r}.")
         self.scale = scale
         self.shift = self.scale_param = None
 
     def init(self, x_batch, *, key, cond=None):
         shape, dt = x_batch.shape[1:], x_batch.dtype
-        u0 = {
-            "softplus": math.log(math.expm1(1.0 - _SOFTPLUS_MIN)),
-            "inverse_softplus": math.log(math.expm1(1.0 - _INVERSE_SOFTPLUS_MIN)),
-        }.get(self.scale, 0.0)
-        new = (jnp.zeros(shape, dt), jnp.full(shape, u0, dt))
+        new = (jnp.zeros(shape, dt), jnp.full(shape, _SCALES[self.scale][0], dt))
         return eqx.tree_at(lambda s: (s.shift, s.scale_param), self, new, is_leaf=lambda v: v is None)
 
     def log_scale(self) -> Array:
-        u = self.scale_param
-        if self.scale == "tanh":
-            return jnp.tanh(u)
-        if self.scale == "exp":
-            return u
-        if self.scale == "inverse_softplus":
-            return -jnp.log(jax.nn.softplus(u) + _INVERSE_SOFTPLUS_MIN)
-        return jnp.log(jax.nn.softplus(u) + _SOFTPLUS_MIN)
+        return _SCALES[self.scale][1](self.scale_param)
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         log_s = self.log_scale()
