@@ -531,9 +531,16 @@ def _compare_layers(path, want: list, have: list, version: int) -> None:
     for w, h in zip(want, have):
         w_config = w[2] if version >= VERSION else {k: v for k, v in w[2].items() if k in h[2]}
         if w[:2] != h[:2] or w_config != h[2]:
+            hint = ""
+            if w[1] == "Repeat" and h[1] != "Repeat":
+                hint = (
+                    " The ready-made RealNVP and NeuralSplineFlow scan their layers (one `Repeat`) "
+                    "after nux_eqx 0.1; build `like` with `scan=False` for the unrolled layout, or "
+                    "load without `like`: `nux_eqx.load(path)`."
+                )
             raise CheckpointError(
                 f"{path} was saved from a different flow: at {h[0]} it holds {h[1]} {h[2]}, "
-                f"but `like` has {w[1]} {w[2]} at {w[0]}."
+                f"but `like` has {w[1]} {w[2]} at {w[0]}.{hint}"
             )
         if version < _TRANSFORMERS_RECORDED and _transformer_scale(w[2]) == "inverse_softplus":
             raise CheckpointError(

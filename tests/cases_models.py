@@ -8,6 +8,9 @@ import nux_eqx as nux
 CASES = {
     "Permute": Case(lambda: nux.Permute(3), lambda k: jr.normal(k, (6, 5))),
     "Permute-image": Case(lambda: nux.Permute(1), "image", covers=("Permute",)),
+    "Permute-from-key": Case(
+        lambda: nux.Permute(seed=None), lambda k: jr.normal(k, (6, 5)), covers=("Permute",)
+    ),
     "RealNVP": Case(
         lambda: nux.RealNVP(n_layers=2, hidden_layer_sizes=(8,)),
         lambda k: jr.normal(k, (6, 5)),
@@ -17,8 +20,13 @@ CASES = {
         lambda: nux.RealNVP(n_layers=2, hidden_layer_sizes=(8,), kind="additive", permutation="reverse"),
         covers=("RealNVP",),
     ),
-    "RealNVP-checkerboard": Case(
-        lambda: nux.RealNVP(n_layers=2, n_channels=8, mask="checkerboard"),
+    "RealNVP-unrolled": Case(
+        lambda: nux.RealNVP(n_layers=2, hidden_layer_sizes=(8,), scan=False),
+        lambda k: jr.normal(k, (6, 5)),
+        covers=("RealNVP",),
+    ),
+    "RealNVP-checkerboard": Case(  # 3 layers: a scanned pair, then one
+        lambda: nux.RealNVP(n_layers=3, n_channels=8, mask="checkerboard"),
         lambda k: jr.normal(k, (6, 4, 4, 1)),
         covers=("RealNVP",),
     ),

@@ -263,3 +263,39 @@ def test_loop_body_convolution_is_the_same_convolution():
             jaxpr = str(jax.make_jaxpr(conv)(x))
         assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
     assert "conv_general_dilated" in str(jax.make_jaxpr(conv)(x))
+
+
+def test_permute_from_key_gives_each_block_its_own_permutation():
+    """`Permute(seed=None)` draws its permutation from the init key: stacked in a Repeat,
+    every block gets its own (never the identity), the leaf is an integer array that
+    training leaves alone, and reverse inverts it."""
+    x = jr.normal(jr.key(0), (16, 5))
+    block = nux.Sequential(nux.Coupling(**SMALL), nux.Permute(seed=None))
+    flow = nux.init(nux.Repeat(block, 4), x, key=jr.key(1))
+    perms = np.asarray(flow.block.layers[1].perm)
+    assert perms.shape == (4, 5) and perms.dtype == np.int32
+    assert len({tuple(p) for p in perms}) > 1
+    for p in perms:
+        assert sorted(p) == list(range(5)) and list(p) != list(range(5))
+    assert not any(np.issubdtype(a.dtype, np.integer) for a in jax.tree.leaves(nux.trainable(flow)[0]))
+    one = nux.init(nux.Permute(seed=None), x, key=jr.key(2))
+    z, c = one(x[0])
+    np.testing.assert_array_equal(z, x[0][np.asarray(one.perm)])
+    np.testing.assert_array_equal(one(z, reverse=True)[0], x[0])
+    with pytest.raises(TypeError, match="int or None"):
+        nux.Permute(seed=1.5)
+
+
+@pytest.mark.parametrize("build", [nux.RealNVP, nux.NeuralSplineFlow])
+def test_ready_models_scan_and_unrolled_layout(build):
+    """The ready coupling models scan one block by default; `scan=False` is the unrolled
+    0.1 layout with the same layer types per block."""
+    x = jr.normal(jr.key(0), (32, 5))
+    scanned = nux.init(build(3, (8,)), x, key=jr.key(1))
+    unrolled = nux.init(build(3, (8,), scan=False), x, key=jr.key(1))
+    assert isinstance(scanned.layers[0], nux.Repeat) and scanned.layers[0].n == 3
+    types = [type(f).__name__ for f in unrolled.layers[:-1]]
+    assert types == [type(f).__name__ for f in scanned.layers[0].block.layers] * 3
+    assert jnp.isfinite(jax.vmap(nux.log_prob, in_axes=(None, 0))(scanned, x)).all()
+    with pytest.raises(TypeError, match="scan must be True or False"):
+        build(2, (8,), scan="yes")

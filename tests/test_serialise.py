@@ -182,3 +182,24 @@ def test_maf_checkpoint_of_the_old_tanh_default_never_loads_into_the_new_default
             nux.load(path, nux.MaskedAutoregressiveFlow(2, (16,)))
         for got in (nux.load(path), nux.load(path, nux.MaskedAutoregressiveFlow(2, (16,), scale="tanh"))):
             assert jnp.allclose(lp(got, x), lp(old, x))
+
+
+def test_unrolled_ready_model_checkpoint_loads_with_scan_false_and_says_so(tmp_path):
+    """RealNVP and NeuralSplineFlow scan their layers by default after 0.1 (one `Repeat`);
+    a checkpoint of the unrolled layout loads by itself or into `scan=False`, and into the
+    scanned default it is refused with a message that names `scan=False`."""
+    import jax.numpy as jnp
+
+    x = jr.normal(jr.key(0), (32, 4))
+    lp = jax.vmap(nux.log_prob, in_axes=(None, 0))
+    for build in (nux.RealNVP, nux.NeuralSplineFlow):
+        old = nux.init(build(2, (8,), scan=False), x, key=jr.key(1))
+        path = tmp_path / f"{build.__name__}.eqx"
+        nux.save(path, old)
+        with pytest.raises(nux.CheckpointError, match="scan=False"):
+            nux.load(path, build(2, (8,)))
+        for got in (nux.load(path), nux.load(path, build(2, (8,), scan=False))):
+            assert jnp.allclose(lp(got, x), lp(old, x))
+        new = nux.init(build(2, (8,)), x, key=jr.key(1))
+        nux.save(path, new)
+        assert jnp.allclose(lp(nux.load(path, build(2, (8,))), x), lp(new, x))

@@ -1,11 +1,12 @@
 """Ready-made flows for vectors (and RealNVP for images): `RealNVP`,
 `MaskedAutoregressiveFlow`, `NeuralSplineFlow`."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from .._containers import Sequential
 from .._flow import AbstractFlow
+from .._repeat import Repeat
 from ..bijective import ActNorm, Coupling, Logit, Permute, Reverse
 from ..bijective._transformers import ScaleParam
 from ..priors import UnitGaussianPrior
@@ -24,10 +25,25 @@ def _check_layers(name: str, n_layers: int) -> int:
     return n_layers
 
 
-def _mixer(permutation: str, i: int) -> AbstractFlow:
+def _mixer(permutation: str, i: int | None) -> AbstractFlow:
     if permutation == "reverse":
         return Reverse()
     return Permute(seed=i)
+
+
+def _stack(
+    name: str, scan: bool, n_layers: int, layer: Callable[[int | None], list[AbstractFlow]]
+) -> list[AbstractFlow]:
+    """`n_layers` layers `layer(i)`, unrolled, or scanned as one `Repeat` (`scan=True`;
+    `layer(None)` then builds the block, whose permutation is drawn from the init key)."""
+    if not scan:
+        return [f for i in range(n_layers) for f in layer(i)]
+    return [Repeat(Sequential(*layer(None)), n_layers)]
+
+
+def _check_scan(name: str, scan: bool) -> None:
+    if not isinstance(scan, bool):
+        raise TypeError(f"{name}: scan must be True or False, got {scan!r}.")
 
 
 def _check_permutation(name: str, permutation: str) -> None:
@@ -54,13 +70,15 @@ def RealNVP(
     actnorm: bool = True,
     dequantize: float | None = None,
     lmbda: float = 0.05,
+    scan: bool = True,
 ) -> Sequential:
     """RealNVP (Dinh et al. 2017): a stack of coupling layers and a standard normal prior.
 
     Each of the `n_layers` layers is `ActNorm -> Coupling -> permutation` with
     `mask="half"` (vectors; images with at least 2 channels, split on channels), or
     `ActNorm -> Coupling(mask="checkerboard", parity=i % 2)` with `mask="checkerboard"`
-    (images, including one-channel images: RealNVP's spatial checkerboard masks).
+    (images, including one-channel images: RealNVP's spatial checkerboard masks). By
+    default the layers are scanned (`scan=True`, below).
 
     **Arguments:**
 
@@ -70,13 +88,20 @@ def RealNVP(
     - `kind`: `"affine"` (default) or `"additive"` couplings.
     - `mask`: `"half"` (default) or `"checkerboard"` (images).
     - `permutation`: between half-mask couplings, a fixed random [`nux_eqx.Permute`][]
-      (`"random"`, default: a different seed per layer, so every feature of an odd-sized
+      (`"random"`, default: a different permutation per layer, so every feature of an odd-sized
       vector gets transformed) or `Reverse()` (`"reverse"`, classic RealNVP; for vectors
       of odd size the middle feature is then never transformed by a coupling).
     - `actnorm`: start each layer with a data-initialised `ActNorm` (default `True`).
     - `dequantize`, `lmbda`: for integer levels `0 .. dequantize - 1`, start with
       `UniformDequantization(scale=dequantize)` and `Logit(lmbda)` (the log-likelihood is
       then that of the discrete data, a lower bound).
+    - `scan`: `True` (default) runs the layers as one [`nux_eqx.Repeat`][]: a single
+      block (with `Permute(seed=None)`, so each block's permutation is drawn from the init
+      key; checkerboard masks alternate their parity, so there the block is a pair of layers) whose parameters are stacked and scanned with `jax.lax.scan`. It compiles
+      once whatever `n_layers` is, and the flow is a small pytree, so a hand-written
+      `eqx.filter_jit` step spends little time flattening it. `False` unrolls the layers
+      in a `Sequential` with `Permute(seed=i)`: nux_eqx 0.1's layout (pass it to load a
+      checkpoint written by 0.1 into a flow you construct).
 
     **Returns:** an un-initialised `Sequential`; call `nux_eqx.init` on a batch.
 
@@ -88,22 +113,31 @@ def RealNVP(
 
         x = jax.random.normal(jax.random.key(0), (256, 2))
         flow = nux.init(nux.RealNVP(4, (32, 32)), x, key=jax.random.key(1))   # 4 layers, MLP 2x32
-        print(len(flow.layers), nux.log_prob(flow, x[0]).shape)               # 13 ()
+        print(flow.layers[0].n, len(flow.layers[0].blocks()))                 # 4 4: one Repeat
+        print(nux.log_prob(flow, x[0]).shape)                                 # ()
         ```
     """
     n_layers = _check_layers("RealNVP", n_layers)
     _check_permutation("RealNVP", permutation)
+    _check_scan("RealNVP", scan)
     if mask not in ("half", "checkerboard"):
         raise ValueError(f"RealNVP: mask must be 'half' or 'checkerboard', got {mask!r}.")
-    layers: list[AbstractFlow] = []
-    for i in range(n_layers):
-        if actnorm:
-            layers.append(ActNorm())
+
+    def layer(i: int | None) -> list[AbstractFlow]:
+        first = [ActNorm()] if actnorm else []
         if mask == "checkerboard":
-            layers.append(Coupling(kind=kind, n_channels=n_channels, mask="checkerboard", parity=i % 2))
-        else:
-            layers.append(Coupling(kind=kind, hidden_layer_sizes=hidden_layer_sizes, n_channels=n_channels))
-            layers.append(_mixer(permutation, i))
+            return [*first, Coupling(kind=kind, n_channels=n_channels, mask="checkerboard", parity=i % 2)]
+        coupling = Coupling(kind=kind, hidden_layer_sizes=hidden_layer_sizes, n_channels=n_channels)
+        return [*first, coupling, _mixer(permutation, i)]
+
+    if mask == "checkerboard" and scan:
+        # the parity alternates: scan over pairs of layers, the odd one out after them
+        pairs = (
+            _stack("RealNVP", True, n_layers // 2, lambda _: [*layer(0), *layer(1)]) if n_layers > 1 else []
+        )
+        layers = pairs + (layer(n_layers - 1) if n_layers % 2 else [])
+    else:
+        layers = _stack("RealNVP", scan, n_layers, layer)
     return _finish(layers, dequantize, lmbda)
 
 
@@ -174,6 +208,7 @@ def NeuralSplineFlow(
     actnorm: bool = True,
     dequantize: float | None = None,
     lmbda: float = 0.05,
+    scan: bool = True,
 ) -> Sequential:
     """A coupling neural spline flow (RQ-NSF (C), Durkan et al. 2019).
 
@@ -190,6 +225,13 @@ def NeuralSplineFlow(
     - `permutation`: `"random"` ([`nux_eqx.Permute`][], default) or `"reverse"`.
     - `actnorm`: data-initialised `ActNorm` before each coupling (default `True`).
     - `dequantize`, `lmbda`: as for [`RealNVP`][].
+    - `scan`: `True` (default) runs the layers as one [`nux_eqx.Repeat`][]: a single
+      block (with `Permute(seed=None)`, so each block's permutation is drawn from the init
+      key) whose parameters are stacked and scanned with `jax.lax.scan`. It compiles
+      once whatever `n_layers` is, and the flow is a small pytree, so a hand-written
+      `eqx.filter_jit` step spends little time flattening it. `False` unrolls the layers
+      in a `Sequential` with `Permute(seed=i)`: nux_eqx 0.1's layout (pass it to load a
+      checkpoint written by 0.1 into a flow you construct).
 
     **Returns:** an un-initialised `Sequential`.
 
@@ -209,10 +251,11 @@ def NeuralSplineFlow(
 
     n_layers = _check_layers("NeuralSplineFlow", n_layers)
     _check_permutation("NeuralSplineFlow", permutation)
-    layers: list[AbstractFlow] = []
-    for i in range(n_layers):
-        if actnorm:
-            layers.append(ActNorm())
-        layers.append(NeuralSpline(K=K, B=B, hidden_layer_sizes=hidden_layer_sizes, n_channels=n_channels))
-        layers.append(_mixer(permutation, i))
-    return _finish(layers, dequantize, lmbda)
+    _check_scan("NeuralSplineFlow", scan)
+
+    def layer(i: int | None) -> list[AbstractFlow]:
+        first = [ActNorm()] if actnorm else []
+        spline = NeuralSpline(K=K, B=B, hidden_layer_sizes=hidden_layer_sizes, n_channels=n_channels)
+        return [*first, spline, _mixer(permutation, i)]
+
+    return _finish(_stack("NeuralSplineFlow", scan, n_layers, layer), dequantize, lmbda)
