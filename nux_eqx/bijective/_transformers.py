@@ -188,16 +188,24 @@ def apply_transformer(template, params: Array, x: Array, reverse: bool) -> tuple
     """
     slots, treedef = _slots(template)
     flat = params.reshape(params.shape[0], -1)
-    # Each leaf as (*slot shape, n_elements): the vmapped axis is last, so a scalar
-    # parameter (a shift, a log-scale) is a plain row of `params`, with no transpose.
+    # Every leaf is vmapped along its first axis. A scalar parameter (a shift, a
+    # log-scale) is a plain row of `params`, with no transpose. A vector one (a spline's K
+    # widths) is moved to (n_elements, *slot shape) by one transpose here: vmapped along a
+    # trailing axis instead, each reduction and gather over its own axis inside the
+    # transformer would transpose (a spline coupling's step: 20.7 -> 17.7 ms).
     leaves, i = [], 0
+    flat_t = None
     for s in slots:
         n = math.prod(s.shape)
-        leaves.append(flat[i : i + n].reshape(*s.shape, flat.shape[1]))
+        if s.shape == ():
+            leaves.append(flat[i])
+        else:
+            flat_t = flat.T if flat_t is None else flat_t
+            leaves.append(flat_t[:, i : i + n].reshape(flat.shape[1], *s.shape))
         i += n
 
     def one(leaves, xi):
         return jax.tree.unflatten(treedef, leaves).transform(xi, reverse, key=None, cond=None)
 
-    out, log_det = jax.vmap(one, in_axes=([-1] * len(leaves), 0))(leaves, x.reshape(-1))
+    out, log_det = jax.vmap(one)(leaves, x.reshape(-1))
     return out.reshape(x.shape), log_det.reshape(x.shape)
