@@ -44,6 +44,7 @@ peak RSS of the worker. Results go to `benchmarks/results/tabular[_quick].json`.
 """
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -229,6 +230,8 @@ def job_nux(model, cfg):
         flow = nux.Sequential(*layers, nux.UnitGaussianPrior())
     else:
         flow = nux.MaskedAutoregressiveFlow(5, (128, 128), actnorm=cfg["actnorm"])
+    if cfg.get("base") == "learned":  # FlowJAX's learned Normal base: an affine map before the prior
+        flow = nux.Sequential(*flow.layers[:-1], nux.ElementwiseAffine("softplus"), flow.layers[-1])
     key = jax.random.key(cfg["seed"])
     init_x = data["train"][np.random.default_rng(cfg["seed"]).choice(len(data["train"]), 512, replace=False)]
     flow = nux.init(flow, jnp.asarray(init_x), key=key)
@@ -298,6 +301,8 @@ def job_flowjax(model, cfg):
         )
     else:
         dist = masked_autoregressive_flow(key, base_dist=base, flow_layers=5, nn_width=128, nn_depth=2)
+    if cfg.get("base") == "fixed":
+        dist = eqx.tree_at(lambda d: d.base_dist, dist, paramax.non_trainable(dist.base_dist))
     params, static = eqx.partition(
         dist, eqx.is_inexact_array, is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable)
     )
@@ -550,6 +555,41 @@ def all_jobs(models=MODELS):
     return jobs
 
 
+EARLY_STEPS = (250, 500, 1000)
+
+
+def seed_medians(runs: list[dict]) -> dict:
+    """Per job, over seeds: the median test NLL at the best validation step and at the end,
+    and the median validation NLL at a few early steps (how fast each flow learns)."""
+    per_job: dict[str, dict[str, list]] = {}
+    for run in runs:
+        for r in run["results"]:
+            if "test_nll_best" not in r:
+                continue
+            d = per_job.setdefault(r["job"], {"seeds": [], "best": [], "final": []})
+            d["seeds"].append(run["seed"])
+            d["best"].append(r["test_nll_best"])
+            d["final"].append(r["test_nll_final"])
+            hist = {step: v for step, v, _ in r.get("history", [])}
+            for step in EARLY_STEPS:
+                d.setdefault(f"valid@{step}", []).append(hist.get(step, math.nan))
+    return {
+        job: {
+            "seeds": d["seeds"],
+            **{k: {"median": statistics.median(v), "values": v} for k, v in d.items() if k != "seeds"},
+        }
+        for job, d in per_job.items()
+    }
+
+
+def print_seed_medians(medians: dict) -> None:
+    keys = ["best", "final", *(f"valid@{s}" for s in EARLY_STEPS)]
+    print("| job | seeds | " + " | ".join(f"{k} (median)" for k in keys) + " |")
+    print("|---" * (len(keys) + 2) + "|")
+    for job, d in medians.items():
+        print(f"| {job} | {len(d['seeds'])} | " + " | ".join(f"{d[k]['median']:.2f}" for k in keys) + " |")
+
+
 def summarise(results):
     by = {r["job"]: r for r in results if "error" not in r}
     rows = []
@@ -618,10 +658,29 @@ def main(argv=None):
         default=None,
         help="nux:affine / maf / nsf with the conditioner's last layer zero (true) or random (false)",
     )
+    p.add_argument(
+        "--base",
+        choices=["fixed", "learned"],
+        default=None,
+        help="FlowJAX's Normal base has a learned loc and scale (14 parameters on 7-D): 'fixed' "
+        "freezes them (paramax.NonTrainable); 'learned' gives the nux_eqx flows a learned "
+        "elementwise affine map before the prior (the same map). Default: each library's own.",
+    )
     p.add_argument("--batch-size", type=int, default=512, help="examples per step (default 512)")
     p.add_argument("--tag", default=None, help="suffix of the results file")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per job (default 900)")
+    p.add_argument(
+        "--summarise",
+        nargs="+",
+        metavar="JSON",
+        default=None,
+        help="print the per-job medians over seeds of these results files (one table, runs pooled) and exit",
+    )
     a = p.parse_args(argv)
+    if a.summarise:
+        runs = [run for path in a.summarise for run in json.load(open(path))["runs"]]
+        print_seed_medians(seed_medians(runs))
+        return
 
     steps = a.steps or (300 if a.quick else 3000)
     jobs = a.jobs or all_jobs(a.models)
@@ -647,6 +706,7 @@ def main(argv=None):
                 "nux_zero_init": None if a.nux_zero_init is None else a.nux_zero_init == "true",
                 "actnorm": a.actnorm,
                 "nux_step": a.nux_step,
+                "base": a.base,
                 "torch_threads": a.torch_threads,
                 # bnaf / naf sample by bisection (d x ~60 network passes per layer): time 500.
                 "n_sample": 500 if any(j.split(":")[1] in NAF_MODELS for j in jobs) else N_EVAL,
@@ -661,6 +721,12 @@ def main(argv=None):
             print("\nnux_eqx / flowjax (same run):")
             for model, r in ratios.items():
                 print(f"  {model:7s} " + "  ".join(f"{k} {C.fmt(v, '.2f')}" for k, v in r.items()))
+    if len(a.seeds) > 1:
+        out["median_over_seeds"] = seed_medians(out["runs"])
+        print(
+            "\nmedians over seeds (test NLL at the best validation step and at the end; validation NLL early on):"
+        )
+        print_seed_medians(out["median_over_seeds"])
     print(f"load average after: {C.load_average()}")
     name = a.tag or ("tabular_quick" if a.quick else "tabular")
     print("wrote", C.write_json(name, out))
