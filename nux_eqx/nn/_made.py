@@ -172,7 +172,11 @@ class MADE(eqx.Module):
             # A fully masked matrix (the input layer when dim == 1) would be an untrainable
             # leaf: leave it out.
             weights.append(w * m if m.any() else None)
-            biases.append(jnp.zeros((b,)))
+            # random biases (as `nux_eqx.nn.Linear`): MAF learns faster at first
+            zero = last and zero_init
+            biases.append(
+                jnp.zeros((b,)) if zero else jr.uniform(jr.fold_in(keys[i], 1), (b,), minval=-lim, maxval=lim)
+            )
         self.weights, self.biases = tuple(weights), tuple(biases)
         if cond_size:
             b = sizes[1]

@@ -16,6 +16,14 @@ from .._context import LOOP_BODY
 class Linear(eqx.Module):
     """A dense layer `y = W x + b` with static sizes.
 
+    `W` and `b` start uniform on `[-1/sqrt(in_size), 1/sqrt(in_size)]` (the initialisation
+    of `eqx.nn.Linear` and PyTorch's). Random biases put the ReLU kinks of a conditioner's
+    first layer away from the origin; with zero biases the network starts positively
+    homogeneous (`f(a x) = a f(x)` for `a > 0`) and learns markedly slower at first. On the
+    7-D galaxy table (five seeds, `benchmarks/results/tabular_bias_5seeds.json` against
+    `tabular_5seeds.json`), RealNVP's median validation NLL after 250 steps went from -2.48
+    with zero biases to -3.47 (FlowJAX: -3.69), and its test NLL from -5.92 to -6.26.
+
     **Arguments:**
 
     - `in_size`, `out_size`: the sizes.
@@ -29,10 +37,11 @@ class Linear(eqx.Module):
     def __init__(self, in_size: int, out_size: int, *, zero_init: bool = False, key: PRNGKeyArray):
         if zero_init:
             self.weight = jnp.zeros((out_size, in_size))
+            self.bias = jnp.zeros((out_size,))
         else:
             lim = 1.0 / math.sqrt(max(in_size, 1))
             self.weight = jr.uniform(key, (out_size, in_size), minval=-lim, maxval=lim)
-        self.bias = jnp.zeros((out_size,))
+            self.bias = jr.uniform(jr.fold_in(key, 1), (out_size,), minval=-lim, maxval=lim)
 
     def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
         return self.weight @ x + self.bias
