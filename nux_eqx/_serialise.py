@@ -643,4 +643,5 @@ def _run_skeleton(run: str, path: str) -> AbstractFlow:
     )
     if config.get("model") not in MODELS:
         raise CheckpointError(f"{run}/config.json names an unknown model {config.get('model')!r}.")
-    return MODELS[config["model"]].build(split)
+    spec = MODELS[config["model"]]  # a run without a stored configuration is from 0.1 or older
+    return (spec.build_unrolled or spec.build)(split)

@@ -61,6 +61,9 @@ class ModelSpec:
     build: Callable  # (split) -> un-initialised flow
     kinds: tuple[str, ...]  # "image" and/or "vector"
     description: str
+    # (split) -> the layout nux_eqx 0.1 wrote, where it differs: runs written then resume
+    # (and old run folders load) in their own layout
+    build_unrolled: Callable | None = None
 
 
 def _glow(factor_out, dequantization):
@@ -86,20 +89,20 @@ def _glow(factor_out, dequantization):
     return build
 
 
-def _vector(name):
+def _vector(name, scan=True):
     def build(split):
         import nux_eqx.models as models
 
         dq = split.levels
         if name == "realnvp":
-            return models.RealNVP(8, (128, 128), dequantize=dq)
+            return models.RealNVP(8, (128, 128), dequantize=dq, scan=scan)
         if dq is not None:
             raise UserError(
                 f"model {name!r} is for continuous vectors; use realnvp or glow for discrete data."
             )
         if name == "maf":
             return models.MaskedAutoregressiveFlow(5, (128, 128))
-        return models.NeuralSplineFlow(8, (128, 128), K=8, B=4.0)
+        return models.NeuralSplineFlow(8, (128, 128), K=8, B=4.0, scan=scan)
 
     return build
 
@@ -125,10 +128,18 @@ MODELS: dict[str, ModelSpec] = {
         "Flow++-style: 6 logistic-mixture (K=4) couplings, gated residual nets (width 16, no attention), "
         "variational dequantisation",
     ),
-    "realnvp": ModelSpec(_vector("realnvp"), ("vector",), "RealNVP: 8 affine couplings, MLP 2x128, ActNorm"),
+    "realnvp": ModelSpec(
+        _vector("realnvp"),
+        ("vector",),
+        "RealNVP: 8 affine couplings, MLP 2x128, ActNorm",
+        _vector("realnvp", scan=False),
+    ),
     "maf": ModelSpec(_vector("maf"), ("vector",), "masked autoregressive flow: 5 MADE layers 2x128"),
     "nsf": ModelSpec(
-        _vector("nsf"), ("vector",), "neural spline flow: 8 rational-quadratic couplings, K=8, B=4"
+        _vector("nsf"),
+        ("vector",),
+        "neural spline flow: 8 rational-quadratic couplings, K=8, B=4",
+        _vector("nsf", scan=False),
     ),
 }
 
@@ -175,6 +186,23 @@ def _model(name: str, split):
             f"{kind}s of shape {split.shape}; for it choose one of: {', '.join(fits)}."
         )
     return spec.build(split)
+
+
+def _as_checkpointed(run: str, name: str, split, flow):
+    """The flow to resume `run` into: a run whose checkpoint holds the unrolled layout of
+    nux_eqx 0.1 (no `Repeat`) continues in that layout."""
+    spec = MODELS[name]
+    ckpt = os.path.join(run, "checkpoints", "checkpoint.eqx")
+    if spec.build_unrolled is None or not os.path.exists(ckpt):
+        return flow
+    from nux_eqx._serialise import CheckpointError, read_header
+
+    try:
+        layers = read_header(ckpt).get("layers") or []
+    except (CheckpointError, OSError, ValueError):
+        return flow  # `fit` reports an unreadable checkpoint and leaves it as it is
+    types = {entry[1] for entry in layers if isinstance(entry, list) and len(entry) > 1}
+    return spec.build_unrolled(split) if types and "Repeat" not in types else flow
 
 
 def _bpd_factor(split) -> float | None:
@@ -402,6 +430,8 @@ def cmd_train(args) -> int:
     run, s = _train_settings(args)
     split = _load_data(s["data"], s["seed"])
     flow = _model(s["model"], split)  # validate before touching the disk
+    if args.resume:
+        flow = _as_checkpointed(run, s["model"], split, flow)
     if s["batch_size"] > len(split.train):
         raise UserError(
             f"--batch-size {s['batch_size']} is larger than the training set of {s['data']} "

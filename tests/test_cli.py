@@ -428,3 +428,38 @@ def test_unreadable_config_is_a_user_error(tmp_path, capsys):
     assert run("train", "--out", str(folder), "--resume") == 2
     assert "cannot read" in capsys.readouterr().err
     assert run("eval", str(folder)) == 2
+
+
+def test_resume_of_a_run_in_the_unrolled_layout_of_0_1(tmp_path, monkeypatch, capsys):
+    """RealNVP and NSF scan their layers after 0.1; a run written with the unrolled layout
+    resumes in that layout (its checkpoint decides), and its folder still loads."""
+    import dataclasses
+
+    import jax
+
+    import nux_eqx as nux
+
+    out = str(tmp_path / "run")
+    args = [
+        "train",
+        "--data",
+        "8gaussians",
+        "--model",
+        "realnvp",
+        "--batch-size",
+        "64",
+        "--quiet",
+        "--out",
+        out,
+    ]
+    spec = cli.MODELS["realnvp"]
+    monkeypatch.setitem(cli.MODELS, "realnvp", dataclasses.replace(spec, build=spec.build_unrolled))
+    assert run(*args, "--steps", "4", "--eval-every", "2", "--checkpoint-every", "2") == 0
+    monkeypatch.setitem(cli.MODELS, "realnvp", spec)
+    assert run(*args, "--steps", "6", "--eval-every", "2", "--checkpoint-every", "2", "--resume") == 0
+    metrics = json.loads(open(os.path.join(out, "metrics.json")).read())
+    assert metrics["steps"] == 6
+    flow = nux.load_run(out)
+    assert not any(isinstance(f, nux.Repeat) for f in flow.layers)
+    x = nux.data.toy_sample("8gaussians", 4, seed=0)
+    assert jax.numpy.isfinite(nux.train.batch_log_prob(flow, x)).all()
