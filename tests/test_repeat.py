@@ -299,3 +299,15 @@ def test_ready_models_scan_and_unrolled_layout(build):
     assert jnp.isfinite(jax.vmap(nux.log_prob, in_axes=(None, 0))(scanned, x)).all()
     with pytest.raises(TypeError, match="scan must be True or False"):
         build(2, (8,), scan="yes")
+
+
+def test_realnvp_scale_option():
+    """RealNVP's affine couplings use NuX's tanh scale unless told otherwise; an additive
+    RealNVP has no scale to set."""
+    x = jr.normal(jr.key(0), (32, 5))
+    default = nux.init(nux.RealNVP(2, (8,)), x, key=jr.key(1))
+    assert default.layers[0].block.layers[1].transformer.scale == "tanh"
+    isp = nux.init(nux.RealNVP(2, (8,), scale="inverse_softplus", scan=False), x, key=jr.key(1))
+    assert isp.layers[1].transformer.scale == "inverse_softplus"
+    with pytest.raises(ValueError, match="scale is for affine couplings"):
+        nux.RealNVP(kind="additive", scale="inverse_softplus")

@@ -146,7 +146,6 @@ class ContinuousFlow(AbstractEstimableFlow):
     noise: str = eqx.field(static=True)
     _factory: Callable | None = eqx.field(static=True, repr=False)
 
-
     def __init__(
         self,
         vector_field: Any = None,

@@ -67,5 +67,3 @@ __all__ = [
     "spectral_norm",
     "update_spectral_norm",
 ]
-
-
