@@ -32,7 +32,7 @@ def _mixer(permutation: str, i: int | None) -> AbstractFlow:
 
 
 def _stack(
-    name: str, scan: bool, n_layers: int, layer: Callable[[int | None], list[AbstractFlow]]
+    scan: bool, n_layers: int, layer: Callable[[int | None], list[AbstractFlow]]
 ) -> list[AbstractFlow]:
     """`n_layers` layers `layer(i)`, unrolled, or scanned as one `Repeat` (`scan=True`;
     `layer(None)` then builds the block, whose permutation is drawn from the init key)."""
@@ -149,12 +149,10 @@ def RealNVP(
 
     if mask == "checkerboard" and scan:
         # the parity alternates: scan over pairs of layers, the odd one out after them
-        pairs = (
-            _stack("RealNVP", True, n_layers // 2, lambda _: [*layer(0), *layer(1)]) if n_layers > 1 else []
-        )
+        pairs = _stack(True, n_layers // 2, lambda _: [*layer(0), *layer(1)]) if n_layers > 1 else []
         layers = pairs + (layer(n_layers - 1) if n_layers % 2 else [])
     else:
-        layers = _stack("RealNVP", scan, n_layers, layer)
+        layers = _stack(scan, n_layers, layer)
     return _finish(layers, dequantize, lmbda)
 
 
@@ -275,4 +273,4 @@ def NeuralSplineFlow(
         spline = NeuralSpline(K=K, B=B, hidden_layer_sizes=hidden_layer_sizes, n_channels=n_channels)
         return [*first, spline, _mixer(permutation, i)]
 
-    return _finish(_stack("NeuralSplineFlow", scan, n_layers, layer), dequantize, lmbda)
+    return _finish(_stack(scan, n_layers, layer), dequantize, lmbda)
