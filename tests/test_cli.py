@@ -463,3 +463,21 @@ def test_resume_of_a_run_in_the_unrolled_layout_of_0_1(tmp_path, monkeypatch, ca
     assert not any(isinstance(f, nux.Repeat) for f in flow.layers)
     x = nux.data.toy_sample("8gaussians", 4, seed=0)
     assert jax.numpy.isfinite(nux.train.batch_log_prob(flow, x)).all()
+
+
+def test_resume_from_an_unreadable_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    """A checkpoint that fit(resume=True) refuses (here: truncated) is a user error with
+    exit status 2 and one line on stderr, not a traceback; the file is left as it was."""
+    out = str(tmp_path / "run")
+    args = ["train", "--data", "8gaussians", "--model", "realnvp", "--batch-size", "64", "--quiet", "--out", out]
+    assert run(*args, "--steps", "2", "--eval-every", "2", "--checkpoint-every", "2") == 0
+    ckpt = os.path.join(out, "checkpoints", "checkpoint.eqx")
+    data = open(ckpt, "rb").read()
+    open(ckpt, "wb").write(data[: len(data) // 2])
+    capsys.readouterr()
+    assert run(*args, "--steps", "4", "--eval-every", "2", "--checkpoint-every", "2", "--resume") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nux-eqx: error: ") and "Traceback" not in err, err
+    assert "checkpoint" in err
+    assert open(ckpt, "rb").read() == data[: len(data) // 2]
+    assert os.path.exists(os.path.join(out, "config.json"))
