@@ -89,20 +89,24 @@ def _glow(factor_out, dequantization):
     return build
 
 
-def _vector(name, scan=True):
+def _vector(name, v01=False):
+    """The vector model `name`; `v01=True`: in nux_eqx 0.1's layout (unrolled layers,
+    odd sizes split floor(d/2))."""
+    scan, halves = (False, "floor") if v01 else (True, "ceil")
+
     def build(split):
         import nux_eqx.models as models
 
         dq = split.levels
         if name == "realnvp":
-            return models.RealNVP(8, (128, 128), dequantize=dq, scan=scan)
+            return models.RealNVP(8, (128, 128), dequantize=dq, scan=scan, split=halves)
         if dq is not None:
             raise UserError(
                 f"model {name!r} is for continuous vectors; use realnvp or glow for discrete data."
             )
         if name == "maf":
             return models.MaskedAutoregressiveFlow(5, (128, 128))
-        return models.NeuralSplineFlow(8, (128, 128), K=8, B=4.0, scan=scan)
+        return models.NeuralSplineFlow(8, (128, 128), K=8, B=4.0, scan=scan, split=halves)
 
     return build
 
@@ -132,14 +136,14 @@ MODELS: dict[str, ModelSpec] = {
         _vector("realnvp"),
         ("vector",),
         "RealNVP: 8 affine couplings, MLP 2x128, ActNorm",
-        _vector("realnvp", scan=False),
+        _vector("realnvp", v01=True),
     ),
     "maf": ModelSpec(_vector("maf"), ("vector",), "masked autoregressive flow: 5 MADE layers 2x128"),
     "nsf": ModelSpec(
         _vector("nsf"),
         ("vector",),
         "neural spline flow: 8 rational-quadratic couplings, K=8, B=4",
-        _vector("nsf", scan=False),
+        _vector("nsf", v01=True),
     ),
 }
 

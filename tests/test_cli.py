@@ -430,9 +430,11 @@ def test_unreadable_config_is_a_user_error(tmp_path, capsys):
     assert run("eval", str(folder)) == 2
 
 
-def test_resume_of_a_run_in_the_unrolled_layout_of_0_1(tmp_path, monkeypatch, capsys):
-    """RealNVP and NSF scan their layers after 0.1; a run written with the unrolled layout
-    resumes in that layout (its checkpoint decides), and its folder still loads."""
+@pytest.mark.parametrize("data", ["8gaussians", "patches"])
+def test_resume_of_a_run_in_the_unrolled_layout_of_0_1(tmp_path, monkeypatch, capsys, data):
+    """RealNVP and NSF scan their layers after 0.1, and split odd sizes ceil(d/2); a run
+    written with 0.1's layout (unrolled, floor(d/2): `patches` is 63-D) resumes in that
+    layout (its checkpoint decides), and its folder still loads."""
     import dataclasses
 
     import jax
@@ -443,7 +445,7 @@ def test_resume_of_a_run_in_the_unrolled_layout_of_0_1(tmp_path, monkeypatch, ca
     args = [
         "train",
         "--data",
-        "8gaussians",
+        data,
         "--model",
         "realnvp",
         "--batch-size",
@@ -461,7 +463,8 @@ def test_resume_of_a_run_in_the_unrolled_layout_of_0_1(tmp_path, monkeypatch, ca
     assert metrics["steps"] == 6
     flow = nux.load_run(out)
     assert not any(isinstance(f, nux.Repeat) for f in flow.layers)
-    x = nux.data.toy_sample("8gaussians", 4, seed=0)
+    assert all(f.split == "floor" for f in flow.layers if isinstance(f, nux.Coupling))
+    x = cli._load_data(data, 0).test[:4]
     assert jax.numpy.isfinite(nux.train.batch_log_prob(flow, x)).all()
 
 

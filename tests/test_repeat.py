@@ -311,3 +311,19 @@ def test_realnvp_scale_option():
     assert isp.layers[1].transformer.scale == "inverse_softplus"
     with pytest.raises(ValueError, match="scale is for affine couplings"):
         nux.RealNVP(kind="additive", scale="inverse_softplus")
+
+
+@pytest.mark.parametrize("build", [nux.RealNVP, nux.NeuralSplineFlow])
+def test_vector_models_split_option(build):
+    """An odd-sized vector is split ceil(d/2) transformed by default and floor(d/2) with
+    `split="floor"` (0.1's layout); the scanned and unrolled forms agree on it."""
+    x = jr.normal(jr.key(0), (32, 5))
+    for scan in (True, False):
+        for split, n_out in (("ceil", 3), ("floor", 2)):
+            flow = nux.init(build(2, (8,), scan=scan, split=split), x, key=jr.key(1))
+            coupling = (flow.layers[0].block if scan else flow).layers[1]
+            assert coupling.split == split
+            assert coupling._split_shapes((5,))[1] == (n_out,)
+            assert bool(jnp.isfinite(nux.log_prob(flow, x[0])))
+    with pytest.raises(ValueError, match=f"{build.__name__}: split must be"):
+        build(split="half")

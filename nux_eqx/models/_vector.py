@@ -46,6 +46,11 @@ def _check_scan(name: str, scan: bool) -> None:
         raise TypeError(f"{name}: scan must be True or False, got {scan!r}.")
 
 
+def _check_split(name: str, split: str) -> None:
+    if split not in ("ceil", "floor"):
+        raise ValueError(f"{name}: split must be 'ceil' or 'floor', got {split!r}.")
+
+
 def _check_permutation(name: str, permutation: str) -> None:
     if permutation not in ("random", "reverse"):
         raise ValueError(f"{name}: permutation must be 'random' or 'reverse', got {permutation!r}.")
@@ -72,6 +77,7 @@ def RealNVP(
     lmbda: float = 0.05,
     scan: bool = True,
     scale: ScaleParam = "tanh",
+    split: Literal["ceil", "floor"] = "ceil",
 ) -> Sequential:
     """RealNVP (Dinh et al. 2017): a stack of coupling layers and a standard normal prior.
 
@@ -102,13 +108,16 @@ def RealNVP(
       once whatever `n_layers` is, and the flow is a small pytree, so a hand-written
       `eqx.filter_jit` step spends little time flattening it. `False` unrolls the layers
       in a `Sequential` with `Permute(seed=i)`: nux_eqx 0.1's layout (pass it to load a
-      checkpoint written by 0.1 into a flow you construct).
-
+      checkpoint written by 0.1 into a flow you construct, with `split="floor"` for
+      odd-sized vectors).
     - `scale`: the affine couplings' scale parametrisation (see
       [`nux_eqx.ElementwiseAffine`][]): `"tanh"` (default: NuX's bounded log-scale) or
       `"inverse_softplus"` (FlowJAX's map). On the 7-D galaxy table (five seeds each) neither
       was better: median test NLL at the best validation step -6.26 (tanh) vs -6.09,
       unrolled -6.48 vs -6.42 (Performance page).
+    - `split`: how an odd-sized vector is split by the half-mask couplings (see
+      [`nux_eqx.Coupling`][]): `"ceil"` (default) transforms `ceil(d/2)` features,
+      `"floor"` `floor(d/2)` (nux_eqx 0.1 and NuX).
 
     **Returns:** an un-initialised `Sequential`; call `nux_eqx.init` on a batch.
 
@@ -127,6 +136,7 @@ def RealNVP(
     n_layers = _check_layers("RealNVP", n_layers)
     _check_permutation("RealNVP", permutation)
     _check_scan("RealNVP", scan)
+    _check_split("RealNVP", split)
     if mask not in ("half", "checkerboard"):
         raise ValueError(f"RealNVP: mask must be 'half' or 'checkerboard', got {mask!r}.")
 
@@ -143,7 +153,7 @@ def RealNVP(
             c = Coupling(transformer(), kind=kind, n_channels=n_channels, mask="checkerboard", parity=i % 2)
             return [*first, c]
         coupling = Coupling(
-            transformer(), kind=kind, hidden_layer_sizes=hidden_layer_sizes, n_channels=n_channels
+            transformer(), kind=kind, hidden_layer_sizes=hidden_layer_sizes, n_channels=n_channels, split=split
         )
         return [*first, coupling, _mixer(permutation, i)]
 
@@ -224,6 +234,7 @@ def NeuralSplineFlow(
     dequantize: float | None = None,
     lmbda: float = 0.05,
     scan: bool = True,
+    split: Literal["ceil", "floor"] = "ceil",
 ) -> Sequential:
     """A coupling neural spline flow (RQ-NSF (C), Durkan et al. 2019).
 
@@ -246,7 +257,9 @@ def NeuralSplineFlow(
       once whatever `n_layers` is, and the flow is a small pytree, so a hand-written
       `eqx.filter_jit` step spends little time flattening it. `False` unrolls the layers
       in a `Sequential` with `Permute(seed=i)`: nux_eqx 0.1's layout (pass it to load a
-      checkpoint written by 0.1 into a flow you construct).
+      checkpoint written by 0.1 into a flow you construct, with `split="floor"` for
+      odd-sized vectors).
+    - `split`: as for [`RealNVP`][].
 
     **Returns:** an un-initialised `Sequential`.
 
@@ -267,10 +280,13 @@ def NeuralSplineFlow(
     n_layers = _check_layers("NeuralSplineFlow", n_layers)
     _check_permutation("NeuralSplineFlow", permutation)
     _check_scan("NeuralSplineFlow", scan)
+    _check_split("NeuralSplineFlow", split)
 
     def layer(i: int | None) -> list[AbstractFlow]:
         first = [ActNorm()] if actnorm else []
-        spline = NeuralSpline(K=K, B=B, hidden_layer_sizes=hidden_layer_sizes, n_channels=n_channels)
+        spline = NeuralSpline(
+            K=K, B=B, hidden_layer_sizes=hidden_layer_sizes, n_channels=n_channels, split=split
+        )
         return [*first, spline, _mixer(permutation, i)]
 
     return _finish(_stack(scan, n_layers, layer), dequantize, lmbda)
