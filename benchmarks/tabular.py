@@ -311,7 +311,7 @@ def job_flowjax(model, cfg):
         return -jnp.mean(paramax.unwrap(eqx.combine(p, s)).log_prob(x))
 
     opt, step = plain_adam_step(loss_fn, static)
-    n_params = _count(paramax.unwrap(dist))
+    n_params = _count(params)  # trainable only: a base frozen by --base fixed is not counted
     d = lambda s: paramax.unwrap(eqx.combine(s[0], static))
     eval_nll = jax.jit(lambda s, x: -jnp.mean(d(s).log_prob(x)))
     log_prob = jax.jit(lambda s, x: d(s).log_prob(x))
