@@ -126,3 +126,34 @@ def test_russian_roulette_is_unbiased_on_images():
     assert float(jnp.std(c_e)) > 0
     assert abs(float(jnp.mean(c_e)) - float(c)) < 4 * se + 1e-5, (float(jnp.mean(c_e)), float(c), se)
     np.testing.assert_allclose(z_e[0], z, atol=1e-5)
+
+
+def test_training_steps_advance_the_power_iteration_vectors():
+    """make_step / fit advance every stored power-iteration vector on the new weights after
+    each update (NuX's state update), for ResidualFlow and for nn.spectral_norm
+    conditioners; without it they stay where init left them while the weights move."""
+    import optax
+
+    x = jr.normal(jr.key(0), (64, 2))
+    flow = nux.Sequential(
+        nux.ResidualFlow((16,)),
+        nux.Coupling(hidden_layer_sizes=(8,), network_factory=nux.nn.spectral_norm()),
+        nux.UnitGaussianPrior(),
+    )
+    flow = nux.init(flow, x, key=jr.key(1))
+    res = lambda f: f.layers[0].network.layers[0]  # noqa: E731
+    sn = lambda f: f.layers[1].network  # noqa: E731
+    # weights far from those the stored vectors converged on at init
+    flow = eqx.tree_at(lambda f: res(f).kernel, flow, 3 * jr.normal(jr.key(2), res(flow).kernel.shape))
+    flow = eqx.tree_at(
+        lambda f: sn(f).network.layers[0].weight, flow, 3 * jr.normal(jr.key(3), sn(flow).network.layers[0].weight.shape)
+    )
+    want_res = res(flow).power_iterate(1)[0]
+    want_sn = sn(flow).updated().u[0].get()
+    step = nux.train.make_step(optax.sgd(0.0), donate=False)  # weights stay: only the vectors move
+    new, _, _ = step(flow, step.init(flow), x[:16])
+    assert not np.allclose(res(flow).u.get(), want_res, atol=1e-3)
+    np.testing.assert_allclose(res(new).u.get(), want_res, atol=1e-5)
+    np.testing.assert_allclose(sn(new).u[0].get(), want_sn, atol=1e-5)
+    fitted, _ = nux.train.fit(flow, x, key=jr.key(4), steps=1, batch_size=16, optimizer=optax.sgd(0.0), progress=False)
+    np.testing.assert_allclose(res(fitted).u.get(), want_res, atol=1e-5)

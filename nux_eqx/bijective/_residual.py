@@ -193,7 +193,9 @@ def update_spectral_state(flow: PyTree, n_iterations: int = 10) -> PyTree:
     Pure: returns a new flow whose stored vectors `u` are advanced by `n_iterations`
     power-iteration steps on the current weights, so the next calls (which iterate
     `n_power_iterations` more times from them) estimate `σ(W)` tightly. Jit it with
-    `eqx.filter_jit`; call it after blocks of training steps and before evaluation.
+    `eqx.filter_jit`; call it after blocks of training steps in a loop of your own
+    (`nux_eqx.train.fit` and `make_step` advance the vectors one step after every update)
+    and before evaluation.
 
     **Arguments:**
 

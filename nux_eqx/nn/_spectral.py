@@ -75,7 +75,8 @@ class SpectralNorm(eqx.Module):
     `u` and does not change it. [`nux_eqx.nn.update_spectral_norm`][] returns a copy of
     any pytree (a whole flow) with every `u` advanced by `n_iters` steps; call it after
     each optimiser step (`flow = update_spectral_norm(flow)`) so that the estimates track
-    the weights, as NuX's state update did. `u` starts converged (50 steps at build).
+    the weights, as NuX's state update did (`nux_eqx.train.fit` and `make_step` do it for
+    you). `u` starts converged (50 steps at build).
 
     **Arguments:**
 

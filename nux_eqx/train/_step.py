@@ -50,7 +50,19 @@ def update(
     # of a digits Glow step peaks ~140 MB lower (a select on every parameter and moment
     # roughly doubled what compiling the optimiser's update costs).
     params, opt_state = jax.lax.cond(ok, lambda: (new_params, new_opt), lambda: (params, opt_state))
-    return eqx.combine(params, static), opt_state, value, ok
+    return advance_power_iterations(eqx.combine(params, static)), opt_state, value, ok
+
+
+def advance_power_iterations(flow: PyTree) -> PyTree:
+    """One power-iteration step, on the current weights, for every spectrally normalised
+    layer's stored vector (`ResidualFlow`'s and `nux_eqx.nn.SpectralNorm`'s), as NuX
+    updated its state after every optimiser step; a no-op for flows without such layers.
+    Without it the vectors stay where `init` left them while the weights move, and each
+    call's few iterations start further and further from the top singular vector."""
+    from ..bijective._residual import update_spectral_state
+    from ..nn._spectral import update_spectral_norm
+
+    return update_spectral_state(update_spectral_norm(flow), n_iterations=1)
 
 
 def scan_updates(
