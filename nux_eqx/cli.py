@@ -61,8 +61,9 @@ class ModelSpec:
     build: Callable  # (split) -> un-initialised flow
     kinds: tuple[str, ...]  # "image" and/or "vector"
     description: str
-    # (split) -> the layout nux_eqx 0.1 wrote, where it differs: runs written then resume
-    # (and old run folders load) in their own layout
+    # (split, halves=None) -> the unrolled layout nux_eqx 0.1 wrote (odd sizes split
+    # floor(d/2), or as `halves` says), where it differs: runs written then resume (and
+    # old run folders load) in their own layout
     build_unrolled: Callable | None = None
 
 
@@ -91,11 +92,13 @@ def _glow(factor_out, dequantization):
 
 def _vector(name, v01=False):
     """The vector model `name`; `v01=True`: in nux_eqx 0.1's layout (unrolled layers,
-    odd sizes split floor(d/2))."""
-    scan, halves = (False, "floor") if v01 else (True, "ceil")
+    odd sizes split floor(d/2) unless `halves` says otherwise)."""
 
-    def build(split):
+    def build(split, halves=None):
         import nux_eqx.models as models
+
+        scan = not v01
+        halves = halves or ("floor" if v01 else "ceil")
 
         dq = split.levels
         if name == "realnvp":
@@ -202,11 +205,17 @@ def _as_checkpointed(run: str, name: str, split, flow):
     from nux_eqx._serialise import CheckpointError, read_header
 
     try:
-        layers = read_header(ckpt).get("layers") or []
+        layers = read_header(ckpt).get("layers")
     except (CheckpointError, OSError, ValueError):
         return flow  # `fit` reports an unreadable checkpoint and leaves it as it is
-    types = {entry[1] for entry in layers if isinstance(entry, list) and len(entry) > 1}
-    return spec.build_unrolled(split) if types and "Repeat" not in types else flow
+    if not isinstance(layers, list):  # written before checkpoints described their layers
+        return spec.build_unrolled(split)
+    entries = [e for e in layers if isinstance(e, list) and len(e) > 2 and isinstance(e[2], dict)]
+    if not entries or "Repeat" in {e[1] for e in entries}:
+        return flow
+    # unrolled: 0.1 split odd sizes floor(d/2); later unrolled checkpoints record their split
+    splits = {e[2].get("split") for e in entries if e[1] == "Coupling"} - {None}
+    return spec.build_unrolled(split, halves=splits.pop() if len(splits) == 1 else "floor")
 
 
 def _bpd_factor(split) -> float | None:

@@ -430,11 +430,11 @@ def test_unreadable_config_is_a_user_error(tmp_path, capsys):
     assert run("eval", str(folder)) == 2
 
 
-@pytest.mark.parametrize("data", ["8gaussians", "patches"])
-def test_resume_of_a_run_in_the_unrolled_layout_of_0_1(tmp_path, monkeypatch, capsys, data):
+@pytest.mark.parametrize("data, halves", [("8gaussians", "floor"), ("patches", "floor"), ("patches", "ceil")])
+def test_resume_of_a_run_in_the_unrolled_layout_of_0_1(tmp_path, monkeypatch, capsys, data, halves):
     """RealNVP and NSF scan their layers after 0.1, and split odd sizes ceil(d/2); a run
-    written with 0.1's layout (unrolled, floor(d/2): `patches` is 63-D) resumes in that
-    layout (its checkpoint decides), and its folder still loads."""
+    written with 0.1's layout (unrolled, floor(d/2): `patches` is 63-D), or unrolled with
+    the later ceil split, resumes in its own layout (its checkpoint decides)."""
     import dataclasses
 
     import jax
@@ -455,7 +455,8 @@ def test_resume_of_a_run_in_the_unrolled_layout_of_0_1(tmp_path, monkeypatch, ca
         out,
     ]
     spec = cli.MODELS["realnvp"]
-    monkeypatch.setitem(cli.MODELS, "realnvp", dataclasses.replace(spec, build=spec.build_unrolled))
+    unrolled = dataclasses.replace(spec, build=lambda split: spec.build_unrolled(split, halves=halves))
+    monkeypatch.setitem(cli.MODELS, "realnvp", unrolled)
     assert run(*args, "--steps", "4", "--eval-every", "2", "--checkpoint-every", "2") == 0
     monkeypatch.setitem(cli.MODELS, "realnvp", spec)
     assert run(*args, "--steps", "6", "--eval-every", "2", "--checkpoint-every", "2", "--resume") == 0
@@ -463,7 +464,7 @@ def test_resume_of_a_run_in_the_unrolled_layout_of_0_1(tmp_path, monkeypatch, ca
     assert metrics["steps"] == 6
     flow = nux.load_run(out)
     assert not any(isinstance(f, nux.Repeat) for f in flow.layers)
-    assert all(f.split == "floor" for f in flow.layers if isinstance(f, nux.Coupling))
+    assert all(f.split == halves for f in flow.layers if isinstance(f, nux.Coupling))
     x = cli._load_data(data, 0).test[:4]
     assert jax.numpy.isfinite(nux.train.batch_log_prob(flow, x)).all()
 
