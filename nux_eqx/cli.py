@@ -496,9 +496,7 @@ def cmd_train(args) -> int:
         )
         return 130
     except nux.CheckpointError as e:  # fit refused the run's checkpoint and left it as it was
-        raise UserError(
-            str(e).replace("pass resume=False to start over", "train into a new folder (--out) to start over")
-        ) from e
+        raise UserError(f"{e} (From the command line: train into a new folder with --out.)") from e
     except Exception:
         if created:
             _remove_if_unused(run)

@@ -46,14 +46,9 @@ def _check_scan(name: str, scan: bool) -> None:
         raise TypeError(f"{name}: scan must be True or False, got {scan!r}.")
 
 
-def _check_split(name: str, split: str) -> None:
-    if split not in ("ceil", "floor"):
-        raise ValueError(f"{name}: split must be 'ceil' or 'floor', got {split!r}.")
-
-
-def _check_permutation(name: str, permutation: str) -> None:
-    if permutation not in ("random", "reverse"):
-        raise ValueError(f"{name}: permutation must be 'random' or 'reverse', got {permutation!r}.")
+def _check_choice(name: str, arg: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"{name}: {arg} must be {' or '.join(map(repr, options))}, got {value!r}.")
 
 
 def _finish(layers: list[AbstractFlow], dequantize: float | None, lmbda: float) -> Sequential:
@@ -134,11 +129,10 @@ def RealNVP(
         ```
     """
     n_layers = _check_layers("RealNVP", n_layers)
-    _check_permutation("RealNVP", permutation)
+    _check_choice("RealNVP", "permutation", permutation, ("random", "reverse"))
     _check_scan("RealNVP", scan)
-    _check_split("RealNVP", split)
-    if mask not in ("half", "checkerboard"):
-        raise ValueError(f"RealNVP: mask must be 'half' or 'checkerboard', got {mask!r}.")
+    _check_choice("RealNVP", "split", split, ("ceil", "floor"))
+    _check_choice("RealNVP", "mask", mask, ("half", "checkerboard"))
 
     if scale != "tanh" and kind != "affine":
         raise ValueError(f"RealNVP: scale is for affine couplings; kind={kind!r} has none.")
@@ -278,9 +272,9 @@ def NeuralSplineFlow(
     from ..bijective import NeuralSpline
 
     n_layers = _check_layers("NeuralSplineFlow", n_layers)
-    _check_permutation("NeuralSplineFlow", permutation)
+    _check_choice("NeuralSplineFlow", "permutation", permutation, ("random", "reverse"))
     _check_scan("NeuralSplineFlow", scan)
-    _check_split("NeuralSplineFlow", split)
+    _check_choice("NeuralSplineFlow", "split", split, ("ceil", "floor"))
 
     def layer(i: int | None) -> list[AbstractFlow]:
         first = [ActNorm()] if actnorm else []

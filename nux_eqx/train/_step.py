@@ -11,6 +11,8 @@ import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from .._flow import AbstractFlow, trainable
+from ..bijective._residual import update_spectral_state
+from ..nn._spectral import update_spectral_norm
 from ._jit import LeanJit
 from ._losses import nll
 
@@ -59,9 +61,6 @@ def advance_power_iterations(flow: PyTree) -> PyTree:
     updated its state after every optimiser step; a no-op for flows without such layers.
     Without it the vectors stay where `init` left them while the weights move, and each
     call's few iterations start further and further from the top singular vector."""
-    from ..bijective._residual import update_spectral_state
-    from ..nn._spectral import update_spectral_norm
-
     return update_spectral_state(update_spectral_norm(flow), n_iterations=1)
 
 
