@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from .._context import CHECK_FINITE, set_flag
 from .._flow import AbstractBijection, AbstractFlow
 from .._types import AnyShape, Cond, Key, Scalar
 
@@ -141,7 +142,9 @@ def scalar_template(owner: str, transformer: AbstractFlow, dtype) -> AbstractFlo
     `_Slot` (its shape and initial value): a static, hashable template."""
     # Concrete even while `init` is traced (e.g. under `eqx.filter_eval_shape` to load a
     # checkpoint): the template is static metadata. A fixed key keeps it deterministic.
-    with jax.ensure_compile_time_eval():
+    # Without `check_finite`'s checks: they are not needed on this fixed finite batch, and
+    # under compile-time evaluation they raised on it (init inside `check_finite()` failed).
+    with jax.ensure_compile_time_eval(), set_flag(CHECK_FINITE, False):
         t, _ = transformer.init_and_push(jnp.linspace(-1.0, 1.0, 8, dtype=dtype), key=jax.random.key(0))
     if t.out_shape != ():
         raise ValueError(

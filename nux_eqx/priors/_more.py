@@ -392,6 +392,8 @@ class UniformDirichletPrior(AbstractPrior):
     - `K`: the number of categories, optional: the input must then have `K - 1` entries.
     """
 
+    eager_init = True  # init checks whether the concrete batch lies on the simplex
+
     alpha_scale: float = eqx.field(static=True)
     K: int | None = eqx.field(static=True)
 
