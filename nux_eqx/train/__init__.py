@@ -4,7 +4,9 @@ from ._checkpoint import load_checkpoint as load_checkpoint
 from ._checkpoint import read_checkpoint_info as read_checkpoint_info
 from ._checkpoint import save_checkpoint as save_checkpoint
 from ._fit import fit as fit
+from ._jit import LEAN_CPU_COMPILE as LEAN_CPU_COMPILE
 from ._losses import batch_log_prob as batch_log_prob
+from ._losses import batch_sample as batch_sample
 from ._losses import bits_per_dim as bits_per_dim
 from ._losses import importance_weighted_nll as importance_weighted_nll
 from ._losses import nll as nll

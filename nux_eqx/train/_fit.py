@@ -23,7 +23,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 from .._flow import AbstractFlow, ShapeError, check_examples, check_key, init, trainable
 from .._serialise import CheckpointError, save
 from ._checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
-from ._jit import LeanJit
+from ._jit import LeanJit, check_compiler_options, filter_jit_with
 from ._losses import nll
 from ._step import scan_updates, update
 
@@ -248,6 +248,7 @@ class FitSettings:
     max_seconds: float | None
     ema: float | None
     par: "_DataParallel | None"
+    compiler_options: dict | None = None  # jax.jit's, for init, the steps and validation
 
     @property
     def n(self) -> int:
@@ -292,6 +293,7 @@ def check_settings(
     max_seconds: float | None,
     devices: Sequence[jax.Device] | None,
     ema: float | None,
+    compiler_options: dict | None = None,
 ) -> FitSettings:
     """Check and convert `fit`'s data and settings; raise a clear error for bad ones."""
     if hasattr(data, "train") and hasattr(data, "valid") and not isinstance(data, np.ndarray):
@@ -350,10 +352,8 @@ def check_settings(
         max_seconds=max_seconds,
         ema=ema,
         par=_DataParallel.make(devices, batch_size),
+        compiler_options=check_compiler_options("fit", compiler_options),
     )
-
-
-_jit_init = eqx.filter_jit(init)
 
 
 def initial_flow(flow: AbstractFlow, s: FitSettings, init_batches: int, k_init: PRNGKeyArray) -> AbstractFlow:
@@ -373,7 +373,9 @@ def initial_flow(flow: AbstractFlow, s: FitSettings, init_batches: int, k_init: 
     try:
         # one compiled computation: eager op-by-op init of a conv Glow held ~0.6 GB of
         # per-op buffers and caches at its peak (fit has already refused bad data)
-        return _jit_init(flow, jnp.asarray(s.x[idx]), key=k_init, cond=_take(s.cond, idx))
+        return filter_jit_with(init, s.compiler_options)(
+            flow, jnp.asarray(s.x[idx]), key=k_init, cond=_take(s.cond, idx)
+        )
     except ShapeError as e:
         raise ShapeError(f"fit: the flow cannot take examples of shape {s.shape}: {e}") from e
 
@@ -446,7 +448,6 @@ def resume_from(
 # --------------------------------------------------------------------------------------
 
 
-@eqx.filter_jit
 def _eval_chunks(loss, flow, xs, cs, base):
     def f(inp):
         xb, cb, i = inp
@@ -455,7 +456,6 @@ def _eval_chunks(loss, flow, xs, cs, base):
     return jax.lax.map(f, (xs, cs, jnp.arange(xs.shape[0])))
 
 
-@eqx.filter_jit
 def _eval_rest(loss, flow, xb, cb, base, i):
     return loss(flow, xb, key=jr.fold_in(base, i), cond=cb)
 
@@ -466,6 +466,8 @@ class Validator:
 
     def __init__(self, loss: Callable, s: FitSettings, key: PRNGKeyArray):
         self.loss, self.key = loss, key
+        self._chunks = filter_jit_with(_eval_chunks, s.compiler_options)
+        self._rest = filter_jit_with(_eval_rest, s.compiler_options)
         self.nv = s.xv.shape[0]
         self.c = min(s.eval_batch_size, self.nv)
         self.m = self.nv // self.c
@@ -492,9 +494,9 @@ class Validator:
         m, c, nv = self.m, self.c, self.nv
         total = 0.0
         if m:
-            total += float(jnp.sum(_eval_chunks(self.loss, flow, xs, cs, self.key))) * c
+            total += float(jnp.sum(self._chunks(self.loss, flow, xs, cs, self.key))) * c
         if nv - m * c:
-            total += float(_eval_rest(self.loss, flow, xr, cr, self.key, np.asarray(m, np.int32))) * (
+            total += float(self._rest(self.loss, flow, xr, cr, self.key, np.asarray(m, np.int32))) * (
                 nv - m * c
             )
         return total / nv
@@ -512,7 +514,7 @@ def _evaluated(flow: AbstractFlow, opt_state: PyTree, ema: float | None) -> Abst
     return eqx.combine(opt_state[-1].average, trainable(flow)[1])
 
 
-def _step_functions(opt, loss, par):
+def _step_functions(opt, loss, par, compiler_options=None):
     """The compiled one-step and `lax.scan`-of-k-steps updates (buffers donated)."""
 
     def run_one(consts, flow, opt_state, ok):
@@ -536,7 +538,10 @@ def _step_functions(opt, loss, par):
         )
         return flow, opt_state, ok, values
 
-    return LeanJit(run_one, donate="all-except-first"), LeanJit(run_many, donate="all-except-first")
+    return (
+        LeanJit(run_one, donate="all-except-first", compiler_options=compiler_options),
+        LeanJit(run_many, donate="all-except-first", compiler_options=compiler_options),
+    )
 
 
 class TrainingLoop:
@@ -563,7 +568,7 @@ class TrainingLoop:
         _, self.k_train, k_valid, k_order = jr.split(key, 4)
         self.order = _Order(_seed_words(k_order), s.n, s.batch_size)
         self.validator = None if s.xv is None else Validator(loss, s, k_valid)
-        self.one, self.many = _step_functions(opt, loss, s.par)
+        self.one, self.many = _step_functions(opt, loss, s.par, s.compiler_options)
         self.ckpt, self.final_path = ckpt, final_path
         self.step = step
         self.xd = jnp.asarray(s.x)
@@ -754,6 +759,7 @@ def fit(
     max_seconds: float | None = None,
     devices: Sequence[jax.Device] | None = None,
     ema: float | None = None,
+    compiler_options: dict | None = None,
 ) -> tuple[AbstractFlow, dict]:
     """Train a flow by minimising `loss` (the NLL by default) with an optax optimizer.
 
@@ -813,6 +819,12 @@ def fit(
       and the returned flow then use the averaged parameters, which usually generalise
       better than the last iterate. The average lives in the optimizer state, so it is
       checkpointed and resumed with it.
+    - `compiler_options`: XLA options for compiling the initialisation, the steps and the
+      validation, as `jax.jit` takes them (default `None`: XLA's defaults);
+      [`LEAN_CPU_COMPILE`][nux_eqx.train.LEAN_CPU_COMPILE] trades some step time for less
+      compile memory on CPU.
+      They change how the computation is compiled, not what it computes, so a run may be
+      resumed with other options.
 
     Ctrl-C (`KeyboardInterrupt`) writes a checkpoint of the last completed step before
     it propagates, so `resume=True` continues the run.
@@ -858,6 +870,7 @@ def fit(
         max_seconds=max_seconds,
         devices=devices,
         ema=ema,
+        compiler_options=compiler_options,
     )
     flow = initial_flow(flow, s, init_batches, jr.split(key, 4)[0])
     opt = _make_optimizer(optimizer, clip_norm, warmup_steps, ema)

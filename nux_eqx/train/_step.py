@@ -13,7 +13,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 from .._flow import AbstractFlow, trainable
 from ..bijective._residual import update_spectral_state
 from ..nn._spectral import update_spectral_norm
-from ._jit import LeanJit
+from ._jit import LeanJit, check_compiler_options
 from ._losses import nll
 
 
@@ -109,6 +109,7 @@ class TrainStep:
         loss: Callable,
         steps_per_dispatch: int,
         donate: bool,
+        compiler_options: dict | None = None,
     ):
         self.optimizer = optimizer
         self.loss = loss
@@ -129,7 +130,9 @@ class TrainStep:
                 )
             return flow, opt_state, value
 
-        self._run = LeanJit(run, donate="all-except-first" if donate else "none")
+        self._run = LeanJit(
+            run, donate="all-except-first" if donate else "none", compiler_options=compiler_options
+        )
 
     def init(self, flow: AbstractFlow) -> PyTree:
         """**Returns:** the optimizer state for the trainable arrays of `flow`."""
@@ -168,6 +171,7 @@ def make_step(
     *,
     steps_per_dispatch: int = 1,
     donate: bool = True,
+    compiler_options: dict | None = None,
 ) -> TrainStep:
     """Build a jitted training step (compiled once per flow structure, with buffer donation).
 
@@ -192,6 +196,9 @@ def make_step(
       dispatch overhead) and can badly slow convolutional ones; the default 1 is a plain
       compiled step.
     - `donate`: donate the flow's and optimizer state's buffers (default `True`).
+    - `compiler_options`: XLA options for compiling the step, as `jax.jit` takes them
+      (default `None`: XLA's defaults). [`LEAN_CPU_COMPILE`][nux_eqx.train.LEAN_CPU_COMPILE]
+      trades some step time for less compile memory on CPU.
 
     **Returns:** a [`TrainStep`][]: `step(flow, opt_state, x, *, key, cond=None)`.
     """
@@ -199,4 +206,5 @@ def make_step(
         optimizer = optax.adam(1e-3)
     if int(steps_per_dispatch) < 1:
         raise ValueError(f"make_step: steps_per_dispatch must be >= 1, got {steps_per_dispatch}.")
-    return TrainStep(optimizer, loss, int(steps_per_dispatch), donate)
+    compiler_options = check_compiler_options("make_step", compiler_options)
+    return TrainStep(optimizer, loss, int(steps_per_dispatch), donate, compiler_options)
