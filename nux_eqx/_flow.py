@@ -478,7 +478,12 @@ class AbstractLayer(AbstractFlow):
             _check_kept_shape(self, in_shape)
             return self, push(self, x_batch, key=push_key, cond=cond)
         compiled = None
-        if not self.eager_init and RECORDER.get() is None and _eager(x_batch, key, cond) and _hashable_statics(self):
+        if (
+            not self.eager_init
+            and RECORDER.get() is None
+            and _eager(x_batch, key, cond)
+            and _hashable_statics(self)
+        ):
             # called outside any trace: compile this layer's init and push as one program,
             # cached by the layer's structure and shapes (repeated blocks compile once).
             # Op-by-op it held ~0.6 GB of per-op buffers for a conv Glow, and one program

@@ -138,6 +138,23 @@ def test_a_failed_new_run_leaves_no_folder_behind(tmp_path, monkeypatch):
     assert not out.exists()  # the next attempt is not blocked by a half-made folder
 
 
+@pytest.mark.parametrize("flag, expected", [([], None), (["--lean-compile"], "lean")])
+def test_train_lean_compile_passes_the_preset_to_fit(tmp_path, monkeypatch, flag, expected):
+    import nux_eqx.train
+
+    seen = {}
+
+    def spy(*a, **kw):
+        seen["options"] = kw.get("compiler_options")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(nux_eqx.train, "fit", spy)
+    with pytest.raises(RuntimeError, match="stop here"):
+        run("train", "--data", "8gaussians", "--model", "realnvp", "--steps", "2", "--quiet",
+            "--out", str(tmp_path / "run"), *flag)
+    assert seen["options"] == (nux_eqx.train.LEAN_CPU_COMPILE if expected else None)
+
+
 def test_every_option_has_help_with_its_default():
     parser = cli.build_parser()
     for name in ("train", "eval", "sample"):

@@ -475,6 +475,8 @@ def test_batch_sample_refuses_bad_sizes(kwargs, match):
         nux.train.batch_sample(flow, jr.key(2), **kwargs)
     with pytest.raises(TypeError, match=r"`key` must be one PRNG key"):
         nux.train.batch_sample(flow, jr.split(jr.key(2), 3), 4)
+    with pytest.raises(ValueError, match=r"static_argnames='n'"):
+        jax.jit(nux.train.batch_sample)(flow, jr.key(2), 4)
 
 
 # ---------------------------------------------------------------------------------------

@@ -102,6 +102,11 @@ def batch_sample(
         print(xs.shape, log_q.shape)                                   # (1000, 2) (1000,)
         ```
     """
+    if isinstance(n, jax.core.Tracer):
+        raise ValueError(
+            "batch_sample: `n` (the number of examples) must be a Python int, not a traced value: "
+            "under `jax.jit` mark it static (`static_argnames='n'`), or use `eqx.filter_jit`."
+        )
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"batch_sample: `n` must be a Python int >= 1 (the number of examples), got {n!r}.")
     if chunk_size is not None and (
