@@ -825,7 +825,10 @@ def init(
     uses the batch statistics), and records every layer's unbatched input and output
     shapes. It is pure and traceable, so
     `eqx.filter_eval_shape(nux_eqx.init, flow, x_like, key=key)` gives a skeleton to load
-    a checkpoint into.
+    a checkpoint into. Called outside `jit`, it compiles each layer's initialisation as a
+    small program of its own (cached, so repeated blocks compile once), which needs less
+    memory than one program for the whole flow or running it op by op; inside `jit` it is
+    part of your program.
 
     **Arguments:**
 
