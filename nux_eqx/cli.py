@@ -307,6 +307,24 @@ def _plot_losses(path, history, split):
     plt.close(fig)
 
 
+def _compiler_options(lean: bool):
+    """`--lean-compile`: `LEAN_CPU_COMPILE` on CPU (its optimisation level would slow GPU
+    code); elsewhere XLA's defaults, with a note."""
+    import jax
+
+    import nux_eqx as nux
+
+    if not lean:
+        return None
+    if jax.default_backend() != "cpu":
+        print(
+            f"--lean-compile is for CPU; training on {jax.default_backend()} with XLA's defaults",
+            file=sys.stderr,
+        )
+        return None
+    return nux.train.LEAN_CPU_COMPILE
+
+
 def _draw_samples(flow, n, key, temperature):
     import nux_eqx as nux
 
@@ -486,7 +504,7 @@ def cmd_train(args) -> int:
             ema=s["ema"] or None,
             max_seconds=max_seconds,
             progress=not args.quiet,
-            compiler_options=nux.train.LEAN_CPU_COMPILE if args.lean_compile else None,
+            compiler_options=_compiler_options(args.lean_compile),
         )
     except KeyboardInterrupt:
         print(

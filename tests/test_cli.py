@@ -155,6 +155,15 @@ def test_train_lean_compile_passes_the_preset_to_fit(tmp_path, monkeypatch, flag
     assert seen["options"] == (nux_eqx.train.LEAN_CPU_COMPILE if expected else None)
 
 
+def test_lean_compile_is_for_cpu_only(monkeypatch, capsys):
+    import jax
+
+    assert cli._compiler_options(False) is None
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert cli._compiler_options(True) is None
+    assert "--lean-compile is for CPU" in capsys.readouterr().err
+
+
 def test_every_option_has_help_with_its_default():
     parser = cli.build_parser()
     for name in ("train", "eval", "sample"):

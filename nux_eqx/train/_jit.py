@@ -61,8 +61,9 @@ LEAN_CPU_COMPILE: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False, "xla_b
 `{"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}`: XLA:CPU's
 older loop-fusion emitters and fewer LLVM optimisations. For the digits `MultiscaleGlow`
 (`benchmarks/glow_digits.py`, job `nux:glow-lean`) the process's peak memory fell from
-753 to 537 MB and steps were 0-15 % slower (the same numbers up to float rounding). On
-GPU the options do nothing. The benefit is largest for programs with many fused
+753 to 537 MB and steps were 0-15 % slower (the same numbers up to float rounding). For
+CPU only: the optimisation level applies to every backend, so on a GPU leave
+`compiler_options` at `None`. The benefit is largest for programs with many fused
 elementwise ops (conv flows); small MLP flows compile cheaply anyway.
 """
 
