@@ -481,7 +481,7 @@ class AbstractLayer(AbstractFlow):
         if (
             not self.eager_init
             and RECORDER.get() is None
-            and _eager(x_batch, key, cond)
+            and not_traced(x_batch, key, cond)
             and _hashable_statics(self)
         ):
             # called outside any trace: compile this layer's init and push as one program,
@@ -644,7 +644,7 @@ def _fill_and_push_jit(layer, x_batch, hook_key, push_key, cond, flags):
             return _fill_and_push(layer, x_batch, hook_key, push_key, cond)
 
 
-def _eager(*trees: Any) -> bool:
+def not_traced(*trees: Any) -> bool:
     """Whether no leaf of `trees` is a tracer (so the caller is not being traced)."""
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
 
@@ -799,6 +799,17 @@ def check_examples(caller: str, name: str, x: Any) -> None:
     )
 
 
+def check_cond_axis(caller: str, cond: PyTree, what: str, n: int) -> None:
+    """Raise a `ShapeError` unless every leaf of a batched `cond` has a leading axis of size
+    `n`; `what` describes that axis in the message."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(cond):
+        if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != n:
+            raise ShapeError(
+                f"{caller}: every leaf of `cond` needs {what}; cond{jax.tree_util.keystr(path)} has "
+                f"shape {jnp.shape(leaf)}."
+            )
+
+
 def check_cond_examples(caller: str, name: str, cond: PyTree) -> None:
     """`check_examples` on every leaf of a batched `cond`, naming the leaf by its path."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(cond):
@@ -899,13 +910,9 @@ def init(
         raise TypeError(f"nux_eqx.init expects real floating data, got dtype {x_batch.dtype}.")
     check_examples("nux_eqx.init", "x_batch", x_batch)
     if cond is not None:
-        n = x_batch.shape[0]
-        for leaf in jax.tree.leaves(cond):
-            if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != n:
-                raise ShapeError(
-                    f"nux_eqx.init: every leaf of `cond` needs the same leading batch axis as x "
-                    f"({n}); got a leaf of shape {jnp.shape(leaf)}."
-                )
+        check_cond_axis(
+            "nux_eqx.init", cond, f"the same leading batch axis as x ({x_batch.shape[0]})", x_batch.shape[0]
+        )
         check_cond_examples("nux_eqx.init", "cond", cond)
     with set_flag(ONLY_UNINITIALISED, bool(only_uninitialised)):
         new, _ = flow.init_and_push(x_batch, key=key, cond=cond)

@@ -20,6 +20,7 @@ from ._flow import (
     AbstractSurjective,
     capture_records,
     init,
+    not_traced,
     trainable,
 )
 from ._maths import LOG_2PI, keyed_vmap
@@ -53,7 +54,7 @@ def scramble(flow: AbstractFlow, key: PRNGKeyArray, scale: float = 0.1) -> Abstr
     the noise is drawn with `jax.random`; outside, it is drawn on the host)."""
     params, static = trainable(flow)
     leaves, treedef = jax.tree.flatten(params)
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves) or isinstance(key, jax.core.Tracer):
+    if not not_traced(leaves, key):
         keys = jr.split(key, max(len(leaves), 1))
         leaves = [leaf + scale * jr.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)]
     else:

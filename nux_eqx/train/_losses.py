@@ -26,6 +26,7 @@ number, because there `log p(x)` lacks the `-D log L` term).
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from .._flow import AbstractFlow, check_key, log_prob, sample
+from .._flow import AbstractFlow, check_cond_axis, check_key, log_prob, sample
 from .._maths import batch_keys, keyed_vmap
 
 Loss = Callable[..., Array]
@@ -58,6 +59,11 @@ def batch_log_prob(
         return log_prob(flow, xi, key=ki, cond=ci)
 
     return keyed_vmap(one, x, batch_keys(key, x.shape[0]), cond)
+
+
+def _is_count(v: Any) -> bool:
+    """Whether `v` is a Python or NumPy int >= 1 (not a bool)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
 
 
 def batch_sample(
@@ -107,11 +113,9 @@ def batch_sample(
             "batch_sample: `n` (the number of examples) must be a Python int, not a traced value: "
             "under `jax.jit` mark it static (`static_argnames='n'`), or use `eqx.filter_jit`."
         )
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    if not _is_count(n):
         raise ValueError(f"batch_sample: `n` must be a Python int >= 1 (the number of examples), got {n!r}.")
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1
-    ):
+    if chunk_size is not None and not _is_count(chunk_size):
         raise ValueError(
             f"batch_sample: `chunk_size` must be an int >= 1 (examples per chunk) or None (all at once), "
             f"got {chunk_size!r}."
@@ -119,12 +123,9 @@ def batch_sample(
     check_key("batch_sample", key, batch_hint=False)
     n = int(n)
     if cond is not None:
-        for path, leaf in jax.tree_util.tree_leaves_with_path(cond):
-            if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != n:
-                raise ValueError(
-                    f"batch_sample: every leaf of `cond` needs a leading axis of size n={n} (one "
-                    f"conditioning per example); cond{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}."
-                )
+        check_cond_axis(
+            "batch_sample", cond, f"a leading axis of size n={n} (one conditioning per example)", n
+        )
     keys = jr.split(key, n)
 
     def one(args):
