@@ -23,6 +23,7 @@ import numpy as np
 from beartype import beartype
 from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped, jaxtyped
 
+from ._compile import auto_compiler_options, filter_jit_with
 from ._context import CAPTURE_PATH, CHECK_FINITE, LOOP_BODY, ONLY_UNINITIALISED, RECORDER, set_flag
 from ._maths import batch_keys, keyed_vmap
 
@@ -482,7 +483,7 @@ class AbstractLayer(AbstractFlow):
             not self.eager_init
             and RECORDER.get() is None
             and not_traced(x_batch, key, cond)
-            and _hashable_statics(self)
+            and hashable_statics(self)
         ):
             # called outside any trace: compile this layer's init and push as one program,
             # cached by the layer's structure and shapes (repeated blocks compile once).
@@ -490,7 +491,12 @@ class AbstractLayer(AbstractFlow):
             # for the whole flow compiles to a higher peak than its layers one by one.
             flags = (CHECK_FINITE.get(), LOOP_BODY.get(), ONLY_UNINITIALISED.get())
             try:
-                compiled = _fill_and_push_jit(self, x_batch, hook_key, push_key, cond, flags)
+                # compiled with `"auto"` options: lean on CPU for images (init's peak for
+                # the digits Glow 463 -> 408 MB)
+                opts = auto_compiler_options(jnp.ndim(x_batch) - 1)
+                compiled = filter_jit_with(_fill_and_push_flags, opts)(
+                    self, x_batch, hook_key, push_key, cond, flags
+                )
             except jax.errors.ConcretizationTypeError:
                 compiled = None  # the hook needs concrete values: run it op by op
         if compiled is None:
@@ -635,8 +641,7 @@ def _fill_and_push(layer, x_batch, hook_key, push_key, cond):
     return filled, push(filled, x_batch, key=push_key, cond=cond)
 
 
-@eqx.filter_jit
-def _fill_and_push_jit(layer, x_batch, hook_key, push_key, cond, flags):
+def _fill_and_push_flags(layer, x_batch, hook_key, push_key, cond, flags):
     # the trace-time flags are an argument (static: part of the cache key), set again inside
     check_finite, loop_body, only_uninitialised = flags
     with set_flag(CHECK_FINITE, check_finite), set_flag(LOOP_BODY, loop_body):
@@ -649,7 +654,7 @@ def not_traced(*trees: Any) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
 
 
-def _hashable_statics(layer: AbstractFlow) -> bool:
+def hashable_statics(layer: AbstractFlow) -> bool:
     """Whether `eqx.filter_jit` can key a cache on the layer's non-array parts."""
     leaves, treedef = jax.tree.flatten(layer)
     try:

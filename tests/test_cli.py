@@ -138,7 +138,9 @@ def test_a_failed_new_run_leaves_no_folder_behind(tmp_path, monkeypatch):
     assert not out.exists()  # the next attempt is not blocked by a half-made folder
 
 
-@pytest.mark.parametrize("flag, expected", [([], None), (["--lean-compile"], "lean")])
+@pytest.mark.parametrize(
+    "flag, expected", [([], "auto"), (["--lean-compile"], "lean"), (["--no-lean-compile"], None)]
+)
 def test_train_lean_compile_passes_the_preset_to_fit(tmp_path, monkeypatch, flag, expected):
     import nux_eqx.train
 
@@ -152,13 +154,14 @@ def test_train_lean_compile_passes_the_preset_to_fit(tmp_path, monkeypatch, flag
     with pytest.raises(RuntimeError, match="stop here"):
         run("train", "--data", "8gaussians", "--model", "realnvp", "--steps", "2", "--quiet",
             "--out", str(tmp_path / "run"), *flag)
-    assert seen["options"] == (nux_eqx.train.LEAN_CPU_COMPILE if expected else None)
+    assert seen["options"] == (nux_eqx.train.LEAN_CPU_COMPILE if expected == "lean" else expected)
 
 
 def test_lean_compile_is_for_cpu_only(monkeypatch, capsys):
     import jax
 
     assert cli._compiler_options(False) is None
+    assert cli._compiler_options(None) == "auto"
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert cli._compiler_options(True) is None
     assert "--lean-compile is for CPU" in capsys.readouterr().err

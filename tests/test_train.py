@@ -508,7 +508,7 @@ def test_make_step_compiles_with_the_given_options_and_computes_the_same():
     bogus = nux.train.make_step(optax.adam(1e-2), compiler_options={"xla_no_such_option": 1})
     with pytest.raises(Exception, match="xla_no_such_option"):
         bogus(flow, bogus.init(flow), x[:32], key=jr.key(0))
-    with pytest.raises(TypeError, match=r"`compiler_options` must be a dict"):
+    with pytest.raises(TypeError, match=r"`compiler_options` must be 'auto' \(the default\), a dict"):
         nux.train.make_step(compiler_options=["xla_cpu_use_fusion_emitters"])
 
 
@@ -524,3 +524,88 @@ def test_fit_compiles_init_steps_and_validation_with_the_given_options():
         nux.train.fit(model, x, compiler_options=bogus, **kw)
     with pytest.raises(Exception, match="xla_no_such_option"):  # an initialised flow: at the step
         nux.train.fit(f0, x, compiler_options=bogus, **kw)
+
+
+# ---------------------------------------------------------------------------------------
+# compiler_options="auto" (the default): lean compilation for images on CPU.
+# ---------------------------------------------------------------------------------------
+
+
+def test_auto_compiler_options_are_lean_for_images_on_cpu_only(monkeypatch):
+    auto = nux.train.auto_compiler_options
+    assert jax.default_backend() == "cpu"
+    assert auto(3) == LEAN_CPU and auto(4) == LEAN_CPU
+    assert auto(1) is None and auto(2) is None and auto(None) is None
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert auto(3) is None
+    with pytest.raises(ValueError, match="'auto'"):
+        nux.train.make_step(compiler_options="lean")
+
+
+def _image_flow_and_data():
+    x = jnp.floor(17 * jr.uniform(jr.key(0), (16, 4, 4, 2)))
+    model = nux.Sequential(
+        nux.UniformDequantization(17), nux.Logit(), nux.Coupling(n_channels=4), nux.UnitGaussianPrior()
+    )
+    return model, x
+
+
+@pytest.mark.parametrize("data", ["vector", "image", "image_k2"])
+def test_make_step_auto_compiles_images_lean(monkeypatch, data):
+    import nux_eqx.train._step as step_module
+
+    seen = []
+    real = step_module.LeanJit
+
+    def spy(fn, donate="none", compiler_options=None):
+        seen.append(compiler_options)
+        return real(fn, donate=donate, compiler_options=compiler_options)
+
+    monkeypatch.setattr(step_module, "LeanJit", spy)
+    model, x = _image_flow_and_data() if data != "vector" else _small_flow_and_data()
+    flow = nux.init(model, x, key=jr.key(1))
+    k = 2 if data == "image_k2" else 1
+    step = nux.train.make_step(steps_per_dispatch=k)
+    batch = x[:8] if k == 1 else jnp.stack([x[:8], x[8:16]])
+    f, o, loss = step(flow, step.init(flow), batch, key=jr.key(2))
+    assert jnp.all(jnp.isfinite(loss))
+    step(f, o, batch, key=jr.key(3))  # the same compiled step again
+    assert seen == [None if data == "vector" else LEAN_CPU]
+
+
+def test_fit_auto_resolves_from_the_data():
+    from nux_eqx.train._fit import check_settings
+
+    kw = dict(
+        steps=1, epochs=None, batch_size=4, cond=None, valid=None, valid_cond=None, eval_every=1,
+        eval_batch_size=4, patience=None, checkpoint_every=1, log_every=1, steps_per_dispatch=1,
+        max_seconds=None, devices=None, ema=None,
+    )
+    assert check_settings(np.zeros((8, 4, 4, 1)), **kw).compiler_options == LEAN_CPU
+    assert check_settings(np.zeros((8, 3)), **kw).compiler_options is None
+    assert check_settings(np.zeros((8, 4, 4, 1)), compiler_options=None, **kw).compiler_options is None
+
+
+def test_batch_utilities_compile_themselves_outside_jit(monkeypatch):
+    import nux_eqx.train._losses as losses_module
+
+    model, x = _image_flow_and_data()
+    flow = nux.init(model, x, key=jr.key(1))
+    seen = []
+    real = losses_module.filter_jit_with
+
+    def spy(fn, opts):
+        seen.append((fn.__name__, opts))
+        return real(fn, opts)
+
+    monkeypatch.setattr(losses_module, "filter_jit_with", spy)
+    lp = nux.train.batch_log_prob(flow, x, key=jr.key(2))
+    xs, lq = nux.train.batch_sample(flow, jr.key(3), 5, chunk_size=2)
+    assert seen == [("_batch_log_prob", LEAN_CPU), ("_batch_sample", LEAN_CPU)]
+    # inside the user's jit they are part of that computation: the same values
+    lp_jit = jax.jit(lambda f, x, k: nux.train.batch_log_prob(f, x, key=k))(flow, x, jr.key(2))
+    xs_jit, _ = jax.jit(lambda f, k: nux.train.batch_sample(f, k, 5, chunk_size=2))(flow, jr.key(3))
+    assert len(seen) == 2
+    np.testing.assert_allclose(lp, lp_jit, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(xs, xs_jit, rtol=1e-5, atol=1e-5)
+    assert lq.shape == (5,) and xs.shape == (5, 4, 4, 2)

@@ -5,6 +5,7 @@ from ._checkpoint import read_checkpoint_info as read_checkpoint_info
 from ._checkpoint import save_checkpoint as save_checkpoint
 from ._fit import fit as fit
 from ._jit import LEAN_CPU_COMPILE as LEAN_CPU_COMPILE
+from ._jit import auto_compiler_options as auto_compiler_options
 from ._losses import batch_log_prob as batch_log_prob
 from ._losses import batch_sample as batch_sample
 from ._losses import bits_per_dim as bits_per_dim

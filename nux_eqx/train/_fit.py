@@ -23,7 +23,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 from .._flow import AbstractFlow, ShapeError, check_examples, check_key, init, trainable
 from .._serialise import CheckpointError, save
 from ._checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
-from ._jit import LeanJit, check_compiler_options, filter_jit_with
+from ._jit import LeanJit, check_compiler_options, filter_jit_with, resolve_compiler_options
 from ._losses import nll
 from ._step import scan_updates, update
 
@@ -248,7 +248,7 @@ class FitSettings:
     max_seconds: float | None
     ema: float | None
     par: "_DataParallel | None"
-    compiler_options: dict | None = None  # jax.jit's, for init, the steps and validation
+    compiler_options: dict | None = None  # jax.jit's (resolved from "auto"), for init, steps, validation
 
     @property
     def n(self) -> int:
@@ -293,7 +293,7 @@ def check_settings(
     max_seconds: float | None,
     devices: Sequence[jax.Device] | None,
     ema: float | None,
-    compiler_options: dict | None = None,
+    compiler_options: dict | str | None = "auto",
 ) -> FitSettings:
     """Check and convert `fit`'s data and settings; raise a clear error for bad ones."""
     if hasattr(data, "train") and hasattr(data, "valid") and not isinstance(data, np.ndarray):
@@ -352,7 +352,9 @@ def check_settings(
         max_seconds=max_seconds,
         ema=ema,
         par=_DataParallel.make(devices, batch_size),
-        compiler_options=check_compiler_options("fit", compiler_options),
+        compiler_options=resolve_compiler_options(
+            check_compiler_options("fit", compiler_options), x.ndim - 1
+        ),
     )
 
 
@@ -759,7 +761,7 @@ def fit(
     max_seconds: float | None = None,
     devices: Sequence[jax.Device] | None = None,
     ema: float | None = None,
-    compiler_options: dict | None = None,
+    compiler_options: dict | str | None = "auto",
 ) -> tuple[AbstractFlow, dict]:
     """Train a flow by minimising `loss` (the NLL by default) with an optax optimizer.
 
@@ -820,9 +822,10 @@ def fit(
       better than the last iterate. The average lives in the optimizer state, so it is
       checkpointed and resumed with it.
     - `compiler_options`: XLA options for compiling the initialisation, the steps and the
-      validation, as `jax.jit` takes them (default `None`: XLA's defaults);
-      [`LEAN_CPU_COMPILE`][nux_eqx.train.LEAN_CPU_COMPILE] trades some step time for less
-      compile memory on CPU.
+      validation, as `jax.jit` takes them; `None` for XLA's defaults. The default `"auto"`
+      uses [`LEAN_CPU_COMPILE`][nux_eqx.train.LEAN_CPU_COMPILE] for images (examples of
+      rank 3 or more) when JAX runs on the CPU, XLA's defaults otherwise
+      ([`auto_compiler_options`][nux_eqx.train.auto_compiler_options]).
       They change how the computation is compiled, not what it computes, so a run may be
       resumed with other options.
 

@@ -18,6 +18,11 @@ from typing import Any
 import equinox as eqx
 import jax
 
+from .._compile import LEAN_CPU_COMPILE as LEAN_CPU_COMPILE
+from .._compile import auto_compiler_options as auto_compiler_options
+from .._compile import example_ndim as example_ndim
+from .._compile import filter_jit_with as filter_jit_with
+
 
 def _split(tree: Any):
     leaves, treedef = jax.tree.flatten(tree)
@@ -41,46 +46,33 @@ def _merge(dynamic: Sequence, spec) -> Any:
     return jax.tree.unflatten(treedef, [next(dyn) if m else next(stat) for m in mask])
 
 
-def check_compiler_options(owner: str, options: Any) -> dict | None:
-    """`options` as a dict (or `None` for XLA's defaults), refusing what `jax.jit` would not take."""
+AUTO = "auto"
+
+
+def check_compiler_options(owner: str, options: Any) -> dict | str | None:
+    """`options` as a dict, `"auto"`, or `None` for XLA's defaults, refusing what `jax.jit`
+    would not take."""
     if options is None:
         return None
+    if isinstance(options, str):
+        if options == AUTO:
+            return AUTO
+        raise ValueError(
+            f"{owner}: `compiler_options` must be 'auto', a dict of XLA options, or None; got {options!r}."
+        )
     if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
         raise TypeError(
-            f"{owner}: `compiler_options` must be a dict of XLA option names to values, as for "
-            f"`jax.jit(..., compiler_options=...)` (e.g. {{'xla_cpu_use_fusion_emitters': False}}), "
-            f"or None; got {type(options).__name__}."
+            f"{owner}: `compiler_options` must be 'auto' (the default), a dict of XLA option names to "
+            f"values, as for `jax.jit(..., compiler_options=...)` (e.g. "
+            f"{{'xla_cpu_use_fusion_emitters': False}}), or None (XLA's defaults); got "
+            f"{type(options).__name__}."
         )
     return dict(options) or None
 
 
-LEAN_CPU_COMPILE: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
-"""XLA options that compile for memory on CPU: pass them as `compiler_options` to
-[`make_step`][nux_eqx.train.make_step] or [`fit`][nux_eqx.train.fit] (or to `jax.jit`).
-
-`{"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}`: XLA:CPU's
-older loop-fusion emitters and fewer LLVM optimisations. For the digits `MultiscaleGlow`
-(`benchmarks/glow_digits.py`, job `nux:glow-lean`) the process's peak memory fell from
-753 to 537 MB and steps were 0-15 % slower (the same numbers up to float rounding). For
-CPU only: the optimisation level applies to every backend, so on a GPU leave
-`compiler_options` at `None`. The benefit is largest for programs with many fused
-elementwise ops (conv flows); small MLP flows compile cheaply anyway.
-"""
-
-_FILTER_JITS: dict = {}
-
-
-def filter_jit_with(fn: Callable, compiler_options: dict | None) -> Callable:
-    """`eqx.filter_jit(fn, compiler_options=...)`, one wrapper (and so one compilation cache)
-    per function and set of options."""
-    try:
-        k = (fn, tuple(sorted((compiler_options or {}).items())))
-        hash(k)
-    except TypeError:  # an unhashable option value: a wrapper of its own
-        return eqx.filter_jit(fn, compiler_options=compiler_options)
-    if k not in _FILTER_JITS:
-        _FILTER_JITS[k] = eqx.filter_jit(fn, compiler_options=compiler_options)
-    return _FILTER_JITS[k]
+def resolve_compiler_options(options: dict | str | None, ndim: int | None) -> dict | None:
+    """`options` with `"auto"` replaced by [`auto_compiler_options`][] for examples of rank `ndim`."""
+    return auto_compiler_options(ndim) if options == AUTO else options
 
 
 class LeanJit:

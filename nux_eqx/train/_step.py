@@ -13,7 +13,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 from .._flow import AbstractFlow, trainable
 from ..bijective._residual import update_spectral_state
 from ..nn._spectral import update_spectral_norm
-from ._jit import LeanJit, check_compiler_options
+from ._jit import LeanJit, check_compiler_options, example_ndim, resolve_compiler_options
 from ._losses import nll
 
 
@@ -109,7 +109,7 @@ class TrainStep:
         loss: Callable,
         steps_per_dispatch: int,
         donate: bool,
-        compiler_options: dict | None = None,
+        compiler_options: dict | str | None = "auto",
     ):
         self.optimizer = optimizer
         self.loss = loss
@@ -130,9 +130,29 @@ class TrainStep:
                 )
             return flow, opt_state, value
 
-        self._run = LeanJit(
-            run, donate="all-except-first" if donate else "none", compiler_options=compiler_options
-        )
+        self._fn = run
+        self._donate = "all-except-first" if donate else "none"
+        self._options = compiler_options
+        self._batch_axes = 1 if k == 1 else 2
+        # one LeanJit (so one compilation cache) per set of options actually used
+        self._runs: dict = {}
+        self._by_ndim: dict = {}
+
+    def _jit_for(self, x: Any) -> LeanJit:
+        """The compiled step for the options `x` resolves to (`"auto"`: by its example rank)."""
+        ndim = example_ndim(x, self._batch_axes)
+        if ndim in self._by_ndim:  # the per-call path: one dict lookup
+            return self._by_ndim[ndim]
+        opts = resolve_compiler_options(self._options, ndim)
+        try:
+            k = tuple(sorted((opts or {}).items()))
+            hash(k)
+        except TypeError:  # an unhashable option value: one set of options per step anyway
+            k = "unhashable"
+        if k not in self._runs:
+            self._runs[k] = LeanJit(self._fn, donate=self._donate, compiler_options=opts)
+        self._by_ndim[ndim] = self._runs[k]
+        return self._runs[k]
 
     def init(self, flow: AbstractFlow) -> PyTree:
         """**Returns:** the optimizer state for the trainable arrays of `flow`."""
@@ -162,7 +182,7 @@ class TrainStep:
         step whose loss or gradient is not finite leaves the flow and optimizer state
         unchanged (the returned loss shows the non-finite value).
         """
-        return self._run((x, key, cond), flow, opt_state)
+        return self._jit_for(x)((x, key, cond), flow, opt_state)
 
 
 def make_step(
@@ -171,7 +191,7 @@ def make_step(
     *,
     steps_per_dispatch: int = 1,
     donate: bool = True,
-    compiler_options: dict | None = None,
+    compiler_options: dict | str | None = "auto",
 ) -> TrainStep:
     """Build a jitted training step (compiled once per flow structure, with buffer donation).
 
@@ -196,9 +216,11 @@ def make_step(
       dispatch overhead) and can badly slow convolutional ones; the default 1 is a plain
       compiled step.
     - `donate`: donate the flow's and optimizer state's buffers (default `True`).
-    - `compiler_options`: XLA options for compiling the step, as `jax.jit` takes them
-      (default `None`: XLA's defaults). [`LEAN_CPU_COMPILE`][nux_eqx.train.LEAN_CPU_COMPILE]
-      trades some step time for less compile memory on CPU.
+    - `compiler_options`: XLA options for compiling the step, as `jax.jit` takes them; `None`
+      for XLA's defaults. The default `"auto"` compiles steps on images (examples of rank 3
+      or more) with [`LEAN_CPU_COMPILE`][nux_eqx.train.LEAN_CPU_COMPILE] when JAX runs on
+      the CPU, and everything else with XLA's defaults
+      ([`auto_compiler_options`][nux_eqx.train.auto_compiler_options] says why).
 
     **Returns:** a [`TrainStep`][]: `step(flow, opt_state, x, *, key, cond=None)`.
     """
