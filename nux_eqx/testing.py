@@ -128,6 +128,15 @@ class _Checker:
       changes spline bin when a knot moves by 100 ulps). A round trip that passes only
       this way is repeated in float64, where it must pass too (so the inverse formula is
       still checked where float32 cannot resolve it).
+    - **preimage.** A round trip that fails even so passes if the reverse returned a
+      preimage: `forward(reverse(z)) == z` within the forward map's conditioning, in the
+      working precision and in float64. A map can be numerically non-injective (a
+      scrambled autoregressive spline with slopes ~1e-7 sends points 5 apart to the same
+      `z` within 1e-14), and its sequential inverse amplifies float64's rounding past any
+      perturbation estimate; a wrong inverse still fails, as its output is no preimage.
+    - **brute-force log-determinant.** The float64 reference `slogdet(J)` is trusted to
+      `n cond(J) eps` (at least 1e-6); a triangular `J` (an autoregressive layer in its
+      own ordering) is compared with its exact log-diagonal instead.
     - **declared floor.** A layer whose inverse or log-determinant is numerical declares
       `AbstractFlow.check_tolerance` (e.g. `ContinuousFlow`: its solver's accuracy); every
       comparison on it, and on a flow containing it, is loosened to at least that floor.
@@ -283,7 +292,17 @@ def _check_bijective(ck, where, layer, xd, keys, cond, n_jac):
     xr, cr = _batched_call(layer, z, keys, cond, reverse=True)
     rev = _lazy(lambda: _rounding_effect(layer, z, keys, cond, True, ck.rel(z.dtype)))
     fwd = _lazy(lambda: _rounding_effect(layer, xd, keys, cond, False, ck.rel(xd.dtype)))
-    loosened = ck.close(where, "reverse(forward(x)) == x", xr, xd, rounding=lambda: rev()[0])
+    preimage_only = False
+    try:
+        loosened = ck.close(where, "reverse(forward(x)) == x", xr, xd, rounding=lambda: rev()[0])
+    except AssertionError:
+        # A map can be numerically non-injective: a scrambled autoregressive spline with
+        # slopes ~1e-7 sends points 5 apart to the same z within 1e-14, and its sequential
+        # inverse amplifies float64's rounding past any perturbation estimate. The inverse
+        # is still right if what it returns is a preimage of z to working precision.
+        if not _returns_a_preimage(ck, where, layer, xr, z, keys, cond):
+            raise
+        loosened = preimage_only = True
     if not loosened:
         ck.close(where, "same contribution forward and reverse", cr, c, rounding=lambda: rev()[1] + fwd()[1])
     else:
@@ -300,8 +319,23 @@ def _check_bijective(ck, where, layer, xd, keys, cond, n_jac):
             c_back,
             rounding=lambda: back()[1],  # both sides are the contribution at xr
         )
-        _round_trip64(ck, where, layer, xd, keys, cond, reverse_first=False)
+        if not preimage_only:  # (a preimage was already checked in float64)
+            _round_trip64(ck, where, layer, xd, keys, cond, reverse_first=False)
     _check_jacobian(ck, where, layer, xd, keys, cond, c, n_jac, sign=None)
+
+
+def _returns_a_preimage(ck, where, layer, xr, z, keys, cond) -> bool:
+    """Whether `forward(xr) == z` (the backward error of the reverse) holds within the
+    conditioning of the forward map at `xr`, in the working precision and again in float64
+    (reverse then forward from `z`)."""
+    try:
+        zb, _ = _batched_call(layer, xr, keys, cond)
+        fwd = _lazy(lambda: _rounding_effect(layer, xr, keys, cond, False, ck.rel(xr.dtype)))
+        ck.close(where, "forward(reverse(z)) == z", zb, z, rounding=lambda: fwd()[0])
+        _round_trip64(ck, where, layer, z, keys, cond, reverse_first=True)
+    except AssertionError:
+        return False
+    return True
 
 
 def _round_trip64(ck, where, layer, xd, keys, cond, reverse_first):
@@ -341,8 +375,11 @@ def _check_jacobian(ck, where, layer, xd, keys, cond, c32, n_jac, sign):
                 raise AssertionError(
                     f"check_flow: {where} is declared bijective but maps {x0.size} to {z_size} values."
                 )
-            contrib, ref = _jacobian_term(layer64, x0, k0, c0, sign)
-            ck.close(where, "contribution == brute-force log|det J| (float64)", contrib, ref, tol=1e-6)
+            contrib, ref, ref_error = _jacobian_term(layer64, x0, k0, c0, sign)
+            # the brute-force value is only as good as the Jacobian's conditioning allows
+            # (a non-finite estimate: J is singular in float64, which a bijection must not be)
+            tol = max(1e-6, float(ref_error)) if math.isfinite(float(ref_error)) else 1e-6
+            ck.close(where, "contribution == brute-force log|det J| (float64)", contrib, ref, tol=tol)
             ck.close(where, "float32 contribution matches float64", c32[i], contrib, tol=1e-3)
 
 
@@ -354,18 +391,38 @@ def _jacobian_term(layer64, x0, k0, c0, sign):
         def f(v):
             return layer64(v.reshape(x0.shape), False, key=k0, cond=c0)[0].reshape(-1)
 
-        return contrib, jnp.linalg.slogdet(jax.jacobian(f)(x0.reshape(-1)))[1]
+        return contrib, *_log_abs_det(jax.jacobian(f)(x0.reshape(-1)))
     if x0.size >= z0.size:  # forward reduces: J = d reverse / dz
 
         def g(v):
             return layer64(v.reshape(z0.shape), True, key=None, cond=c0)[0].reshape(-1)
 
-        return contrib, sign * _slogdet_tall(jax.jacobian(g)(z0.reshape(-1)))
+        J = jax.jacobian(g)(z0.reshape(-1))
+    else:
 
-    def h(v):
-        return layer64(v.reshape(x0.shape), False, key=None, cond=c0)[0].reshape(-1)
+        def h(v):
+            return layer64(v.reshape(x0.shape), False, key=None, cond=c0)[0].reshape(-1)
 
-    return contrib, sign * _slogdet_tall(jax.jacobian(h)(x0.reshape(-1)))
+        J = jax.jacobian(h)(x0.reshape(-1))
+    return contrib, sign * _slogdet_tall(J), _slogdet_error(J.T @ J) / 2
+
+
+def _slogdet_error(M):
+    """How far `slogdet(M)` in float64 can be from the truth: `n cond(M) eps` (LU's
+    backward error through `d log|det| = tr(M^-1 dM)`)."""
+    return M.shape[0] * jnp.linalg.cond(M) * jnp.finfo(M.dtype).eps
+
+
+def _log_abs_det(J):
+    """`(log|det J|, its possible error)`. A triangular `J` (an autoregressive layer in its
+    own ordering) gets the exact sum of its log-diagonal: LU's pivoting on a triangular
+    matrix with a tiny diagonal (slopes 1e-7 under large off-diagonal terms) was off by
+    0.3 where the layer's own sum was right."""
+    triangular = jnp.all(jnp.triu(J, 1) == 0) | jnp.all(jnp.tril(J, -1) == 0)
+    exact = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(J))))
+    return jnp.where(triangular, exact, jnp.linalg.slogdet(J)[1]), jnp.where(
+        triangular, 0.0, _slogdet_error(J)
+    )
 
 
 def _check_injective(ck, where, layer, xd, keys, cond, n_jac):

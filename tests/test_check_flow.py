@@ -1,6 +1,7 @@
 """check_flow must FAIL on broken layers: a test that cannot fail is a defect."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import pytest
@@ -187,3 +188,34 @@ def test_numerically_flat_map_passes_and_a_wrong_reverse_contribution_fails():
     check_flow(FlatMixture(), x, key=jr.key(1), scramble_params=False)
     with pytest.raises(AssertionError, match=r"FlatMixture.*contribution"):
         check_flow(FlatMixture(offset=0.5), x, key=jr.key(1), scramble_params=False)
+
+
+def test_log_det_reference_is_exact_for_triangular_jacobians():
+    # a triangular Jacobian with a tiny diagonal under large off-diagonal terms (what a
+    # scrambled autoregressive spline gives): LU with pivoting loses the log-determinant,
+    # the log-diagonal is exact; other matrices get slogdet and an error estimate
+    from nux_eqx.testing import _log_abs_det
+
+    with jax.enable_x64(True):
+        d = jnp.array([1e-7, 3e-6, 2e-7, 5e-7, 1e-6, 4e-7])
+        L = jnp.tril(1e3 * jr.normal(jr.key(0), (6, 6)), -1) + jnp.diag(d)
+        value, err = _log_abs_det(L)
+        assert float(value) == pytest.approx(float(jnp.sum(jnp.log(d))), rel=1e-14) and float(err) == 0.0
+        value, err = _log_abs_det(L.T)  # upper triangular too
+        assert float(value) == pytest.approx(float(jnp.sum(jnp.log(d))), rel=1e-14) and float(err) == 0.0
+        M = jr.normal(jr.key(1), (5, 5))
+        value, err = _log_abs_det(M)
+        assert float(value) == pytest.approx(float(jnp.linalg.slogdet(M)[1])) and 0 < float(err) < 1e-10
+
+
+def test_half_logdet_gram_keeps_float32_accuracy_for_ill_conditioned_jacobians():
+    from nux_eqx.injective._gaussian_nif import half_logdet_gram
+
+    U, _ = jnp.linalg.qr(jr.normal(jr.key(0), (8, 3)))
+    V, _ = jnp.linalg.qr(jr.normal(jr.key(1), (3, 3)))
+    J = (U * jnp.array([1e4, 1.0, 1e-1])) @ V.T  # cond 1e5: JᵀJ's is 1e10, beyond float32
+    with jax.enable_x64(True):
+        exact = float(0.5 * jnp.linalg.slogdet(J.astype(jnp.float64).T @ J.astype(jnp.float64))[1])
+    assert float(half_logdet_gram(J)) == pytest.approx(exact, abs=1e-3)
+    normal_equations = float(0.5 * jnp.linalg.slogdet(J.T @ J)[1])
+    assert abs(normal_equations - exact) > 10 * abs(float(half_logdet_gram(J)) - exact)

@@ -16,7 +16,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 from cases import all_cases, data_of
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import nux_eqx as nux
@@ -169,6 +169,10 @@ CASES = all_cases()
 @pytest.mark.parametrize("name", sorted(CASES))
 @SLOW
 @given(seed=st.integers(0, 2**20), scale=st.sampled_from([0.02, 0.1, 0.3]))
+# a numerically non-injective map (slopes ~1e-7: the reverse returns a preimage of z, 5
+# away from x) and a triangular Jacobian that LU's slogdet got wrong by 0.3
+@example(seed=0, scale=0.3)
+@example(seed=21, scale=0.3)
 def test_registry_case_holds_at_drawn_seeds_and_scales(name, seed, scale):
     case = CASES[name]
     k_data, k_cond, k_init, k_scr, k_check = jr.split(jr.key(seed), 5)
