@@ -479,12 +479,7 @@ class AbstractLayer(AbstractFlow):
             _check_kept_shape(self, in_shape)
             return self, push(self, x_batch, key=push_key, cond=cond)
         compiled = None
-        if (
-            not self.eager_init
-            and RECORDER.get() is None
-            and not_traced(x_batch, key, cond)
-            and hashable_statics(self)
-        ):
+        if not self.eager_init and RECORDER.get() is None and compile_here(self, x_batch, key, cond):
             # called outside any trace: compile this layer's init and push as one program,
             # cached by the layer's structure and shapes (repeated blocks compile once).
             # Op-by-op it held ~0.6 GB of per-op buffers for a conv Glow, and one program
@@ -662,6 +657,13 @@ def hashable_statics(layer: AbstractFlow) -> bool:
     except TypeError:
         return False
     return True
+
+
+def compile_here(flow: AbstractFlow, *trees: Any) -> bool:
+    """Whether a utility called now on `flow` and `trees` should compile itself (with
+    `eqx.filter_jit`): nothing is being traced, and the flow's non-array parts can key the
+    compilation cache."""
+    return not_traced(flow, *trees) and hashable_statics(flow)
 
 
 def _check_kept_shape(flow: AbstractFlow, in_shape: tuple[int, ...]) -> None:

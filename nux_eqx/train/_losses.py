@@ -34,7 +34,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from .._flow import AbstractFlow, check_cond_axis, check_key, hashable_statics, log_prob, not_traced, sample
+from .._flow import AbstractFlow, check_cond_axis, check_key, compile_here, log_prob, sample
 from .._maths import batch_keys, keyed_vmap
 from ._jit import auto_compiler_options, example_ndim, filter_jit_with
 
@@ -59,16 +59,10 @@ def batch_log_prob(
     `compiler_options="auto"`: [`auto_compiler_options`][nux_eqx.train.auto_compiler_options]);
     inside a traced function it is part of that computation.
     """
-    if _compile_here(flow, x, key, cond):
+    if compile_here(flow, x, key, cond):
         opts = auto_compiler_options(example_ndim(x, 1))
         return filter_jit_with(_batch_log_prob, opts)(flow, x, key, cond)
     return _batch_log_prob(flow, x, key, cond)
-
-
-def _compile_here(flow: Any, *trees: Any) -> bool:
-    """Whether a batch utility called now should compile itself: not under a trace, and the
-    flow's non-array parts can key a compilation cache."""
-    return not_traced(flow, *trees) and hashable_statics(flow)
 
 
 def _batch_log_prob(flow: AbstractFlow, x: Array, key: PRNGKeyArray | None, cond: PyTree) -> Array:
@@ -147,7 +141,7 @@ def batch_sample(
         check_cond_axis(
             "batch_sample", cond, f"a leading axis of size n={n} (one conditioning per example)", n
         )
-    if _compile_here(flow, key, cond):
+    if compile_here(flow, key, cond):
         opts = auto_compiler_options(len(flow.in_shape) if flow.is_initialised else None)
         return filter_jit_with(_batch_sample, opts)(flow, key, n, cond, temperature, chunk_size)
     return _batch_sample(flow, key, n, cond, temperature, chunk_size)

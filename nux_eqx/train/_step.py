@@ -134,25 +134,17 @@ class TrainStep:
         self._donate = "all-except-first" if donate else "none"
         self._options = compiler_options
         self._batch_axes = 1 if k == 1 else 2
-        # one LeanJit (so one compilation cache) per set of options actually used
-        self._runs: dict = {}
+        # one LeanJit per example rank: the rank fixes the options, and batches of another
+        # rank have other shapes, so they compile anew whatever the cache
         self._by_ndim: dict = {}
 
     def _jit_for(self, x: Any) -> LeanJit:
-        """The compiled step for the options `x` resolves to (`"auto"`: by its example rank)."""
+        """The compiled step for `x`'s example rank (which `"auto"` picks the options by)."""
         ndim = example_ndim(x, self._batch_axes)
-        if ndim in self._by_ndim:  # the per-call path: one dict lookup
-            return self._by_ndim[ndim]
-        opts = resolve_compiler_options(self._options, ndim)
-        try:
-            k = tuple(sorted((opts or {}).items()))
-            hash(k)
-        except TypeError:  # an unhashable option value: one set of options per step anyway
-            k = "unhashable"
-        if k not in self._runs:
-            self._runs[k] = LeanJit(self._fn, donate=self._donate, compiler_options=opts)
-        self._by_ndim[ndim] = self._runs[k]
-        return self._runs[k]
+        if ndim not in self._by_ndim:
+            opts = resolve_compiler_options(self._options, ndim)
+            self._by_ndim[ndim] = LeanJit(self._fn, donate=self._donate, compiler_options=opts)
+        return self._by_ndim[ndim]
 
     def init(self, flow: AbstractFlow) -> PyTree:
         """**Returns:** the optimizer state for the trainable arrays of `flow`."""
