@@ -533,7 +533,7 @@ def test_fit_compiles_init_steps_and_validation_with_the_given_options():
 
 def test_auto_compiler_options_are_lean_for_images_on_cpu_only(monkeypatch):
     auto = nux.train.auto_compiler_options
-    assert jax.default_backend() == "cpu"
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # the rule reads only this
     assert auto(3) == LEAN_CPU and auto(4) == LEAN_CPU
     assert auto(1) is None and auto(2) is None and auto(None) is None
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
@@ -562,6 +562,7 @@ def test_make_step_auto_compiles_images_lean(monkeypatch, data):
         return real(fn, donate=donate, compiler_options=compiler_options)
 
     monkeypatch.setattr(step_module, "LeanJit", spy)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # as on CI, whatever runs the test
     model, x = _image_flow_and_data() if data != "vector" else _small_flow_and_data()
     flow = nux.init(model, x, key=jr.key(1))
     k = 2 if data == "image_k2" else 1
@@ -573,8 +574,10 @@ def test_make_step_auto_compiles_images_lean(monkeypatch, data):
     assert seen == [None if data == "vector" else LEAN_CPU]
 
 
-def test_fit_auto_resolves_from_the_data():
+def test_fit_auto_resolves_from_the_data(monkeypatch):
     from nux_eqx.train._fit import check_settings
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
 
     kw = dict(
         steps=1, epochs=None, batch_size=4, cond=None, valid=None, valid_cond=None, eval_every=1,
@@ -599,6 +602,7 @@ def test_batch_utilities_compile_themselves_outside_jit(monkeypatch):
         return real(fn, opts)
 
     monkeypatch.setattr(losses_module, "filter_jit_with", spy)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     lp = nux.train.batch_log_prob(flow, x, key=jr.key(2))
     xs, lq = nux.train.batch_sample(flow, jr.key(3), 5, chunk_size=2)
     assert seen == [("_batch_log_prob", LEAN_CPU), ("_batch_sample", LEAN_CPU)]
