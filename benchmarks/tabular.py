@@ -7,13 +7,13 @@
 
 Models (MLPs 2 x 128, ReLU, each library's default initialisation, base N(0, I)):
 
-- `affine`: 8 affine couplings with a fixed random permutation between them.
-  nux_eqx `RealNVP(8, (128, 128), actnorm=False)` (log-scale = tanh, 4 of 7 features
-  transformed from the other 3); flowjax `coupling_flow(flow_layers=8)` (softplus + 0.01
-  scale, 4 transformed from 3); zuko `RealNVP(7, transforms=8, randmask=True)`; distrax 8
+- `affine`: 8 affine couplings, 4 of 7 features transformed from the other 3.
+  nux_eqx `RealNVP(8, (128, 128), actnorm=False)` (log-scale = tanh, `Roll()` between the
+  couplings: a cyclic shift by 4); flowjax `coupling_flow(flow_layers=8)` (softplus + 0.01
+  scale, a random permutation after each coupling); zuko `RealNVP(7, transforms=8, randmask=True)`; distrax 8
   `MaskedCoupling`s with seeded random masks and `eqx.nn.MLP(7 -> 14)` conditioners.
 - `nsf`: 8 rational-quadratic spline couplings, K = 8 bins on [-4, 4], identity tails.
-  nux_eqx `NeuralSplineFlow(8, K=8, B=4, actnorm=False)`; flowjax
+  nux_eqx `NeuralSplineFlow(8, K=8, B=4, actnorm=False)` (`Roll()` between couplings); flowjax
   `coupling_flow(transformer=RationalQuadraticSpline(knots=7, interval=4))`; zuko
   8 `GeneralCouplingTransform(MonotonicRQSTransform(bound=4))`; distrax
   `MaskedCoupling(RationalQuadraticSpline(range 4, identity boundary slopes))`.

@@ -10,7 +10,7 @@ Flows (2-D):
 - `planar-16`: 16 planar layers in the sampling direction (nux_eqx `Planar()`, FlowJAX
   `planar_flow(invert=False)`), both tanh with the u-hat reparametrisation;
 - `affine-4`: 4 affine couplings with MLPs of two hidden layers of 32 (nux_eqx
-  `RealNVP(4, (32, 32))`, with ActNorm and random permutations; FlowJAX
+  `RealNVP(4, (32, 32))`, with ActNorm, the features swapped between couplings; FlowJAX
   `coupling_flow(Affine, flow_layers=4, nn_width=32, nn_depth=2)`).
 
 Both libraries are evaluated by the same code: `n_eval` samples `(x, log q(x))` from the

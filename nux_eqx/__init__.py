@@ -141,6 +141,7 @@ from .bijective import ResidualFlow as ResidualFlow
 from .bijective import (
     Reverse as Reverse,
 )
+from .bijective import Roll as Roll
 from .bijective import (
     Scale as Scale,
 )

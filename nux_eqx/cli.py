@@ -94,22 +94,28 @@ def _vector(name, v01=False):
     """The vector model `name`; `v01=True`: in nux_eqx 0.1's layout (unrolled layers,
     odd sizes split floor(d/2) unless `halves` says otherwise)."""
 
-    def build(split, halves=None):
+    def build(split, halves=None, permutation=None):
         import nux_eqx.models as models
 
         scan = not v01
         halves = halves or ("floor" if v01 else "ceil")
+        # 0.1 (and runs until `Roll` became the default) mixed with random permutations
+        permutation = permutation or ("random" if v01 else "roll")
 
         dq = split.levels
         if name == "realnvp":
-            return models.RealNVP(8, (128, 128), dequantize=dq, scan=scan, split=halves)
+            return models.RealNVP(
+                8, (128, 128), dequantize=dq, scan=scan, split=halves, permutation=permutation
+            )
         if dq is not None:
             raise UserError(
                 f"model {name!r} is for continuous vectors; use realnvp or glow for discrete data."
             )
         if name == "maf":
             return models.MaskedAutoregressiveFlow(5, (128, 128))
-        return models.NeuralSplineFlow(8, (128, 128), K=8, B=4.0, scan=scan, split=halves)
+        return models.NeuralSplineFlow(
+            8, (128, 128), K=8, B=4.0, scan=scan, split=halves, permutation=permutation
+        )
 
     return build
 
@@ -197,7 +203,8 @@ def _model(name: str, split):
 
 def _as_checkpointed(run: str, name: str, split, flow):
     """The flow to resume `run` into: a run whose checkpoint holds the unrolled layout of
-    nux_eqx 0.1 (no `Repeat`) continues in that layout."""
+    nux_eqx 0.1 (no `Repeat`) continues in that layout, and one written with random
+    permutations between the couplings (before `Roll` was the default) keeps them."""
     spec = MODELS[name]
     ckpt = os.path.join(run, "checkpoints", "checkpoint.eqx")
     if spec.build_unrolled is None or not os.path.exists(ckpt):
@@ -211,11 +218,15 @@ def _as_checkpointed(run: str, name: str, split, flow):
     if not isinstance(layers, list):  # written before checkpoints described their layers
         return spec.build_unrolled(split)
     entries = [e for e in layers if isinstance(e, list) and len(e) > 2 and isinstance(e[2], dict)]
-    if not entries or "Repeat" in {e[1] for e in entries}:
+    if not entries:
         return flow
-    # unrolled: 0.1 split odd sizes floor(d/2); later unrolled checkpoints record their split
+    names = {e[1] for e in entries}
+    # 0.1 split odd sizes floor(d/2); later checkpoints record their split
     splits = {e[2].get("split") for e in entries if e[1] == "Coupling"} - {None}
-    return spec.build_unrolled(split, halves=splits.pop() if len(splits) == 1 else "floor")
+    halves = splits.pop() if len(splits) == 1 else None
+    if "Repeat" in names:
+        return spec.build(split, halves=halves, permutation="random") if "Permute" in names else flow
+    return spec.build_unrolled(split, halves=halves or "floor")
 
 
 def _bpd_factor(split) -> float | None:

@@ -85,6 +85,7 @@ CASES = {
     "defaults-Scale": _case(lambda: nux.Scale(1.5)),
     "defaults-Reverse": _case(lambda: nux.Reverse()),
     "defaults-Permute": _case(lambda: nux.Permute()),
+    "defaults-Roll": _case(lambda: nux.Roll()),
     "defaults-Flatten": _case(lambda: nux.Flatten(), image),
     "defaults-Reshape": _case(lambda: nux.Reshape((-1,)), image),
     "defaults-Transpose": _case(lambda: nux.Transpose((1, 0, 2)), image),

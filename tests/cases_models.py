@@ -1,4 +1,4 @@
-"""Registry cases: the ready-made models of the training issue (and `Permute`)."""
+"""Registry cases: the ready-made models of the training issue (and `Permute`, `Roll`)."""
 
 import jax.random as jr
 from cases import Case
@@ -10,6 +10,14 @@ CASES = {
     "Permute-image": Case(lambda: nux.Permute(1), "image", covers=("Permute",)),
     "Permute-from-key": Case(
         lambda: nux.Permute(seed=None), lambda k: jr.normal(k, (6, 5)), covers=("Permute",)
+    ),
+    "Roll": Case(lambda: nux.Roll(), lambda k: jr.normal(k, (6, 7))),
+    "Roll-shift": Case(lambda: nux.Roll(-3), lambda k: jr.normal(k, (6, 5)), covers=("Roll",)),
+    "Roll-image": Case(lambda: nux.Roll(), "image", covers=("Roll",)),
+    "RealNVP-random": Case(
+        lambda: nux.RealNVP(n_layers=2, hidden_layer_sizes=(8,), permutation="random"),
+        lambda k: jr.normal(k, (6, 5)),
+        covers=("RealNVP",),
     ),
     "RealNVP": Case(
         lambda: nux.RealNVP(n_layers=2, hidden_layer_sizes=(8,)),

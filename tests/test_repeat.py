@@ -327,3 +327,80 @@ def test_vector_models_split_option(build):
             assert bool(jnp.isfinite(nux.log_prob(flow, x[0])))
     with pytest.raises(ValueError, match=f"{build.__name__}: split must be"):
         build(split="half")
+
+
+@pytest.mark.parametrize("d", range(1, 41))
+def test_roll_shift_transforms_every_feature_equally_often(d):
+    """`roll_shift(d)` is coprime with `d` and near `d / 2`; a half-mask coupling that
+    transforms the first `ceil(d/2)` positions, rolled by it `d` times, transforms every
+    feature exactly `ceil(d/2)` times (random permutations give no such guarantee)."""
+    import math
+
+    from nux_eqx.bijective import roll_shift
+
+    k = roll_shift(d)
+    if d < 2:
+        assert k == 0
+        return
+    assert 0 < k < d and math.gcd(k, d) == 1
+    assert abs(2 * k - d) <= min(abs(2 * j - d) for j in range(1, d) if math.gcd(j, d) == 1)
+    x = jnp.arange(d, dtype=jnp.float32)[None]
+    roll = nux.init(nux.Roll(), x, key=jr.key(0))
+    order, counts = x[0], np.zeros(d, int)
+    for _ in range(d):
+        counts[np.asarray(order[: (d + 1) // 2]).astype(int)] += 1
+        order = roll(order)[0]
+    assert (counts == (d + 1) // 2).all(), counts
+
+
+def test_roll_values_reverse_and_errors():
+    """`Roll()` is `jnp.roll(x, -shift)` on the last axis (images: the channels); reverse
+    undoes it; an explicit shift of any sign is taken modulo the size; it holds no leaves."""
+    x = jr.normal(jr.key(0), (4, 7))
+    roll = nux.init(nux.Roll(), x, key=jr.key(1))
+    z, c = roll(x[0])
+    np.testing.assert_array_equal(z, jnp.concatenate([x[0, 4:], x[0, :4]]))
+    assert c == 0 and not jax.tree.leaves(roll)
+    np.testing.assert_array_equal(roll(z, reverse=True)[0], x[0])
+    for shift in (-3, 4, 11):
+        r = nux.init(nux.Roll(shift), x, key=jr.key(1))
+        np.testing.assert_array_equal(r(x[0])[0], jnp.roll(x[0], -shift))
+    img = jr.normal(jr.key(2), (2, 3, 3, 6))
+    r = nux.init(nux.Roll(), img, key=jr.key(1))
+    np.testing.assert_array_equal(r(img[0])[0], jnp.roll(img[0], -5, axis=-1))
+    with pytest.raises(TypeError, match="int or None"):
+        nux.Roll(1.5)
+
+
+@pytest.mark.parametrize("build", [nux.RealNVP, nux.NeuralSplineFlow])
+def test_vector_models_mix_with_roll_by_default(build):
+    """The ready coupling models put `Roll()` between couplings (scanned and unrolled);
+    `permutation="random"` keeps the key-drawn (scanned) or seeded (unrolled) `Permute`,
+    and a checkpoint written with it names that option when loaded into the default."""
+    x = jr.normal(jr.key(0), (32, 7))
+    flow = nux.init(build(2, (8,)), x, key=jr.key(1))
+    assert isinstance(flow.layers[0].block.layers[-1], nux.Roll)
+    unrolled = nux.init(build(2, (8,), scan=False), x, key=jr.key(1))
+    assert [type(f) for f in unrolled.layers if isinstance(f, (nux.Roll, nux.Permute))] == [nux.Roll] * 2
+    old = nux.init(build(2, (8,), permutation="random"), x, key=jr.key(1))
+    assert old.layers[0].block.layers[-1].perm.shape == (2, 7)
+    old_unrolled = build(2, (8,), permutation="random", scan=False)
+    assert [f.seed for f in old_unrolled.layers if isinstance(f, nux.Permute)] == [0, 1]
+    with pytest.raises(ValueError, match="'roll' or 'random' or 'reverse'"):
+        build(2, (8,), permutation="cyclic")
+
+
+def test_checkpoint_with_random_permutations_names_the_option(tmp_path):
+    """A checkpoint written with random permutations (the earlier default) loads by itself
+    and into `permutation="random"`; into the default, the error names that option."""
+    x = jr.normal(jr.key(0), (32, 5))
+    old = nux.init(nux.NeuralSplineFlow(2, (8,), permutation="random"), x, key=jr.key(1))
+    nux.save(tmp_path / "f.eqx", old)
+    with pytest.raises(nux.CheckpointError, match="permutation='random'"):
+        nux.load(tmp_path / "f.eqx", nux.NeuralSplineFlow(2, (8,)))
+    lp = jax.vmap(nux.log_prob, in_axes=(None, 0))
+    for got in (
+        nux.load(tmp_path / "f.eqx"),
+        nux.load(tmp_path / "f.eqx", nux.NeuralSplineFlow(2, (8,), permutation="random")),
+    ):
+        np.testing.assert_allclose(lp(got, x), lp(old, x))

@@ -51,7 +51,9 @@ from ._nonlinear import Softplus as Softplus
 from ._nonlinear import Tanh as Tanh
 from ._normalization import ActNorm as ActNorm
 from ._permute import Permute as Permute
+from ._permute import Roll as Roll
 from ._permute import permutation as permutation
+from ._permute import roll_shift as roll_shift
 from ._planar import Planar as Planar
 from ._planar import Radial as Radial
 from ._reshape import (

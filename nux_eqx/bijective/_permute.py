@@ -1,6 +1,7 @@
-"""`Permute`: a fixed random permutation of the last axis."""
+"""`Permute`: a fixed random permutation of the last axis; `Roll`: a cyclic shift of it."""
 
 import functools
+import math
 import random
 
 import equinox as eqx
@@ -95,3 +96,72 @@ class Permute(AbstractBijection):
                 inv[p] = i
             perm = tuple(inv)
         return jnp.take(x, jnp.asarray(perm), axis=-1), jnp.zeros((), x.dtype)
+
+
+@functools.cache
+def roll_shift(dim: int) -> int:
+    """The shift `Roll()` uses on a last axis of size `dim`: the `k` coprime with `dim`
+    nearest to `dim / 2`, the larger one on a tie (`ceil(dim / 2)` for odd `dim`; 5 for 8,
+    5 for 6, 1 for 2), and 0 for `dim < 2`.
+
+    Coprime, so that rolling by `k` layer after layer brings every feature to every
+    position: a coupling that transforms the first `ceil(dim / 2)` features then transforms
+    each feature equally often (in any `dim` consecutive layers, exactly `ceil(dim / 2)`
+    times) and conditions it on every other. Near `dim / 2`, so that the features a coupling
+    left alone come first for the next one."""
+    dim = int(dim)
+    if dim < 2:
+        return 0
+    ks = sorted(range(1, dim), key=lambda k: (abs(2 * k - dim), -k))
+    return next(k for k in ks if math.gcd(k, dim) == 1)
+
+
+class Roll(AbstractBijection):
+    """A cyclic shift of the last axis (features, or image channels):
+    `z = jnp.roll(x, -shift, axis=-1)`, so `z[i] = x[(i + shift) % d]`; contribution 0.
+
+    Put it between half-mask couplings (the default of [`nux_eqx.RealNVP`][] and
+    [`nux_eqx.NeuralSplineFlow`][]). With the default shift
+    ([`nux_eqx.bijective.roll_shift`][]: coprime with `d`, near `d / 2`) the features a
+    coupling left alone are transformed by the next one, and every feature is transformed
+    equally often: `ceil(d / 2)` times in any `d` consecutive couplings. Random
+    permutations ([`nux_eqx.Permute`][]) leave that to chance: in eight couplings on a 7-D
+    vector, the permutations drawn for ten seeds transformed the least-served feature two
+    or three times and the most-served six or seven (with `Roll()`: four or five each),
+    and on the galaxy table (7-D, eight affine couplings, five seeds) the median test NLL
+    was -6.26 with random permutations and -6.62 with `Roll()` (Performance page).
+    `Reverse()` never transforms the middle feature of an odd-sized vector.
+
+    Parameter-free and static, so the same `Roll()` serves every block of a
+    [`nux_eqx.Repeat`][], and a roll is a slice and a concatenation, not a gather.
+
+    **Arguments:**
+
+    - `shift`: the shift, an integer (any sign; taken modulo `d`), or `None` (default) for
+      [`nux_eqx.bijective.roll_shift`][]`(d)` of the example's last axis `d`.
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import nux_eqx as nux
+
+        x = jnp.arange(14.0).reshape(2, 7)
+        roll = nux.init(nux.Roll(), x, key=jax.random.key(0))
+        z, _ = roll(x[0])
+        print(z)  # [4. 5. 6. 0. 1. 2. 3.]
+        ```
+    """
+
+    shift: int | None = eqx.field(static=True)
+
+    def __init__(self, shift: int | None = None):
+        if shift is not None and (isinstance(shift, bool) or not isinstance(shift, (int, np.integer))):
+            raise TypeError(f"Roll: shift must be an int or None, got {shift!r}.")
+        self.shift = None if shift is None else int(shift)
+
+    def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
+        d = x.shape[-1]
+        k = roll_shift(d) if self.shift is None else self.shift % max(d, 1)
+        return jnp.roll(x, k if reverse else -k, axis=-1), jnp.zeros((), x.dtype)

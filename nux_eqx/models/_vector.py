@@ -7,7 +7,7 @@ from typing import Literal
 from .._containers import Sequential
 from .._flow import AbstractFlow
 from .._repeat import Repeat
-from ..bijective import ActNorm, Coupling, ElementwiseAffine, Logit, Permute, Reverse
+from ..bijective import ActNorm, Coupling, ElementwiseAffine, Logit, Permute, Reverse, Roll
 from ..bijective._transformers import ScaleParam
 from ..priors import UnitGaussianPrior
 from ..surjective import UniformDequantization
@@ -25,7 +25,12 @@ def _check_layers(name: str, n_layers: int) -> int:
     return n_layers
 
 
+_MIXERS = ("roll", "random", "reverse")
+
+
 def _mixer(permutation: str, i: int | None) -> AbstractFlow:
+    if permutation == "roll":
+        return Roll()
     if permutation == "reverse":
         return Reverse()
     return Permute(seed=i)
@@ -66,7 +71,7 @@ def RealNVP(
     n_channels: int = 64,
     kind: Literal["affine", "additive"] = "affine",
     mask: Literal["half", "checkerboard"] = "half",
-    permutation: Literal["random", "reverse"] = "random",
+    permutation: Literal["roll", "random", "reverse"] = "roll",
     actnorm: bool = True,
     dequantize: float | None = None,
     lmbda: float = 0.05,
@@ -89,22 +94,27 @@ def RealNVP(
     - `n_channels`: the hidden width of each coupling's ConvNet (images).
     - `kind`: `"affine"` (default) or `"additive"` couplings.
     - `mask`: `"half"` (default) or `"checkerboard"` (images).
-    - `permutation`: between half-mask couplings, a fixed random [`nux_eqx.Permute`][]
-      (`"random"`, default: a different permutation per layer, so every feature of an odd-sized
-      vector gets transformed) or `Reverse()` (`"reverse"`, classic RealNVP; for vectors
-      of odd size the middle feature is then never transformed by a coupling).
+    - `permutation`: what mixes the features between half-mask couplings:
+      [`nux_eqx.Roll`][]`()` (`"roll"`, default: a cyclic shift that hands the features
+      one coupling left alone to the next and transforms every feature equally often; on
+      the 7-D galaxy table, five seeds, median test NLL -6.62 against -6.26 with
+      `"random"`), a fixed random [`nux_eqx.Permute`][] per layer (`"random"`, the earlier
+      default: pass it to load a checkpoint written with it into a flow you construct), or `Reverse()` (`"reverse"`, classic RealNVP; for vectors of odd size
+      the middle feature is then never transformed by a coupling).
     - `actnorm`: start each layer with a data-initialised `ActNorm` (default `True`).
     - `dequantize`, `lmbda`: for integer levels `0 .. dequantize - 1`, start with
       `UniformDequantization(scale=dequantize)` and `Logit(lmbda)` (the log-likelihood is
       then that of the discrete data, a lower bound).
     - `scan`: `True` (default) runs the layers as one [`nux_eqx.Repeat`][]: a single
-      block (with `Permute(seed=None)`, so each block's permutation is drawn from the init
-      key; checkerboard masks alternate their parity, so there the block is a pair of layers) whose parameters are stacked and scanned with `jax.lax.scan`. It compiles
-      once whatever `n_layers` is, and the flow is a small pytree, so a hand-written
-      `eqx.filter_jit` step spends little time flattening it. `False` unrolls the layers
-      in a `Sequential` with `Permute(seed=i)`: nux_eqx 0.1's layout (pass it to load a
-      checkpoint written by 0.1 into a flow you construct, with `split="floor"` for
-      odd-sized vectors).
+      block whose parameters are stacked and scanned with `jax.lax.scan` (with
+      `permutation="random"` the block holds `Permute(seed=None)`, so each block's
+      permutation is drawn from the init key; checkerboard masks alternate their parity,
+      so there the block is a pair of layers). It compiles once whatever `n_layers` is,
+      and the flow is a small pytree, so a hand-written `eqx.filter_jit` step spends little
+      time flattening it. `False` unrolls the layers in a `Sequential` (with
+      `permutation="random"`, `Permute(seed=i)`): with `permutation="random"` and
+      `split="floor"`, nux_eqx 0.1's layout (pass them to load a checkpoint written by 0.1
+      into a flow you construct).
     - `scale`: the affine couplings' scale parametrisation (see
       [`nux_eqx.ElementwiseAffine`][]): `"tanh"` (default: NuX's bounded log-scale) or
       `"inverse_softplus"` (FlowJAX's map). On the 7-D galaxy table (five seeds each) neither
@@ -129,7 +139,7 @@ def RealNVP(
         ```
     """
     n_layers = _check_layers("RealNVP", n_layers)
-    _check_choice("RealNVP", "permutation", permutation, ("random", "reverse"))
+    _check_choice("RealNVP", "permutation", permutation, _MIXERS)
     _check_scan("RealNVP", scan)
     _check_choice("RealNVP", "split", split, ("ceil", "floor"))
     _check_choice("RealNVP", "mask", mask, ("half", "checkerboard"))
@@ -223,7 +233,7 @@ def NeuralSplineFlow(
     K: int = 8,
     B: float = 4.0,
     n_channels: int = 64,
-    permutation: Literal["random", "reverse"] = "random",
+    permutation: Literal["roll", "random", "reverse"] = "roll",
     actnorm: bool = True,
     dequantize: float | None = None,
     lmbda: float = 0.05,
@@ -242,17 +252,21 @@ def NeuralSplineFlow(
     - `hidden_layer_sizes`: the widths of each coupling's MLP (vectors).
     - `K`: bins per spline; `B`: the spline interval's half-width.
     - `n_channels`: the ConvNet width (images).
-    - `permutation`: `"random"` ([`nux_eqx.Permute`][], default) or `"reverse"`.
+    - `permutation`: `"roll"` ([`nux_eqx.Roll`][], default; on the 7-D galaxy table, five
+      seeds, median test NLL -6.62 against -6.46 with `"random"`), `"random"`
+      ([`nux_eqx.Permute`][], the earlier default: pass it to load a checkpoint written
+      with it into a flow you construct) or `"reverse"`.
     - `actnorm`: data-initialised `ActNorm` before each coupling (default `True`).
     - `dequantize`, `lmbda`: as for [`RealNVP`][].
     - `scan`: `True` (default) runs the layers as one [`nux_eqx.Repeat`][]: a single
-      block (with `Permute(seed=None)`, so each block's permutation is drawn from the init
-      key) whose parameters are stacked and scanned with `jax.lax.scan`. It compiles
-      once whatever `n_layers` is, and the flow is a small pytree, so a hand-written
-      `eqx.filter_jit` step spends little time flattening it. `False` unrolls the layers
-      in a `Sequential` with `Permute(seed=i)`: nux_eqx 0.1's layout (pass it to load a
-      checkpoint written by 0.1 into a flow you construct, with `split="floor"` for
-      odd-sized vectors).
+      block whose parameters are stacked and scanned with `jax.lax.scan` (with
+      `permutation="random"` the block holds `Permute(seed=None)`, so each block's
+      permutation is drawn from the init key). It compiles once whatever `n_layers` is,
+      and the flow is a small pytree, so a hand-written `eqx.filter_jit` step spends little
+      time flattening it. `False` unrolls the layers in a `Sequential` (with
+      `permutation="random"`, `Permute(seed=i)`): with `permutation="random"` and
+      `split="floor"`, nux_eqx 0.1's layout (pass them to load a checkpoint written by 0.1
+      into a flow you construct).
     - `split`: as for [`RealNVP`][].
 
     **Returns:** an un-initialised `Sequential`.
@@ -272,7 +286,7 @@ def NeuralSplineFlow(
     from ..bijective import NeuralSpline
 
     n_layers = _check_layers("NeuralSplineFlow", n_layers)
-    _check_choice("NeuralSplineFlow", "permutation", permutation, ("random", "reverse"))
+    _check_choice("NeuralSplineFlow", "permutation", permutation, _MIXERS)
     _check_scan("NeuralSplineFlow", scan)
     _check_choice("NeuralSplineFlow", "split", split, ("ceil", "floor"))
 
