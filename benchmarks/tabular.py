@@ -13,7 +13,8 @@ Models (MLPs 2 x 128, ReLU, each library's default initialisation, base N(0, I))
   scale, a random permutation after each coupling); zuko `RealNVP(7, transforms=8, randmask=True)`; distrax 8
   `MaskedCoupling`s with seeded random masks and `eqx.nn.MLP(7 -> 14)` conditioners.
 - `nsf`: 8 rational-quadratic spline couplings, K = 8 bins on [-4, 4], identity tails.
-  nux_eqx `NeuralSplineFlow(8, K=8, B=4, actnorm=False)` (`Roll()` between couplings); flowjax
+  nux_eqx `NeuralSplineFlow(8, K=8, B=4, actnorm=False)` (a random permutation per
+  layer; `results/tabular_roll_3seeds.json` was run with `permutation="roll"`); flowjax
   `coupling_flow(transformer=RationalQuadraticSpline(knots=7, interval=4))`; zuko
   8 `GeneralCouplingTransform(MonotonicRQSTransform(bound=4))`; distrax
   `MaskedCoupling(RationalQuadraticSpline(range 4, identity boundary slopes))`.

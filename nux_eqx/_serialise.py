@@ -538,11 +538,12 @@ def _compare_layers(path, want: list, have: list, version: int) -> None:
                     "after nux_eqx 0.1; build `like` with `scan=False` for the unrolled layout, or "
                     "load without `like`: `nux_eqx.load(path)`."
                 )
-            elif w[1] == "Roll" and h[1] == "Permute":
+            elif {w[1], h[1]} == {"Roll", "Permute"}:
+                option = "random" if h[1] == "Permute" else "roll"
                 hint = (
-                    " The ready-made RealNVP and NeuralSplineFlow mix features with `Roll()` by "
-                    "default; build `like` with `permutation='random'` for a checkpoint written with "
-                    "random permutations, or load without `like`: `nux_eqx.load(path)`."
+                    f" The checkpoint mixes the features between couplings with {h[1]}: build `like` "
+                    f"with `permutation='{option}'` (RealNVP's default is 'roll', "
+                    "NeuralSplineFlow's 'random'), or load without `like`: `nux_eqx.load(path)`."
                 )
             raise CheckpointError(
                 f"{path} was saved from a different flow: at {h[0]} it holds {h[1]} {h[2]}, "

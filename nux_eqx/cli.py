@@ -99,23 +99,21 @@ def _vector(name, v01=False):
 
         scan = not v01
         halves = halves or ("floor" if v01 else "ceil")
-        # 0.1 (and runs until `Roll` became the default) mixed with random permutations
-        permutation = permutation or ("random" if v01 else "roll")
+        # 0.1 mixed with random permutations; later runs as their checkpoint says, else
+        # the model's default
+        permutation = permutation or ("random" if v01 else None)
+        mix = {} if permutation is None else {"permutation": permutation}
 
         dq = split.levels
         if name == "realnvp":
-            return models.RealNVP(
-                8, (128, 128), dequantize=dq, scan=scan, split=halves, permutation=permutation
-            )
+            return models.RealNVP(8, (128, 128), dequantize=dq, scan=scan, split=halves, **mix)
         if dq is not None:
             raise UserError(
                 f"model {name!r} is for continuous vectors; use realnvp or glow for discrete data."
             )
         if name == "maf":
             return models.MaskedAutoregressiveFlow(5, (128, 128))
-        return models.NeuralSplineFlow(
-            8, (128, 128), K=8, B=4.0, scan=scan, split=halves, permutation=permutation
-        )
+        return models.NeuralSplineFlow(8, (128, 128), K=8, B=4.0, scan=scan, split=halves, **mix)
 
     return build
 
@@ -203,8 +201,8 @@ def _model(name: str, split):
 
 def _as_checkpointed(run: str, name: str, split, flow):
     """The flow to resume `run` into: a run whose checkpoint holds the unrolled layout of
-    nux_eqx 0.1 (no `Repeat`) continues in that layout, and one written with random
-    permutations between the couplings (before `Roll` was the default) keeps them."""
+    nux_eqx 0.1 (no `Repeat`) continues in that layout, and a scanned one keeps what it
+    mixed the features with between couplings (random permutations or `Roll`)."""
     spec = MODELS[name]
     ckpt = os.path.join(run, "checkpoints", "checkpoint.eqx")
     if spec.build_unrolled is None or not os.path.exists(ckpt):
@@ -225,7 +223,8 @@ def _as_checkpointed(run: str, name: str, split, flow):
     splits = {e[2].get("split") for e in entries if e[1] == "Coupling"} - {None}
     halves = splits.pop() if len(splits) == 1 else None
     if "Repeat" in names:
-        return spec.build(split, halves=halves, permutation="random") if "Permute" in names else flow
+        mixer = "random" if "Permute" in names else "roll" if "Roll" in names else None
+        return flow if mixer is None else spec.build(split, halves=halves, permutation=mixer)
     return spec.build_unrolled(split, halves=halves or "floor")
 
 

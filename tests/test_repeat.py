@@ -373,34 +373,44 @@ def test_roll_values_reverse_and_errors():
 
 
 @pytest.mark.parametrize("build", [nux.RealNVP, nux.NeuralSplineFlow])
-def test_vector_models_mix_with_roll_by_default(build):
-    """The ready coupling models put `Roll()` between couplings (scanned and unrolled);
-    `permutation="random"` keeps the key-drawn (scanned) or seeded (unrolled) `Permute`,
-    and a checkpoint written with it names that option when loaded into the default."""
+def test_vector_models_permutation_option(build):
+    """RealNVP puts `Roll()` between couplings by default, NeuralSplineFlow a random
+    permutation (`Permute(seed=None)` scanned, `Permute(seed=i)` unrolled); each takes the
+    other, and a wrong name says what is accepted."""
     x = jr.normal(jr.key(0), (32, 7))
-    flow = nux.init(build(2, (8,)), x, key=jr.key(1))
-    assert isinstance(flow.layers[0].block.layers[-1], nux.Roll)
-    unrolled = nux.init(build(2, (8,), scan=False), x, key=jr.key(1))
-    assert [type(f) for f in unrolled.layers if isinstance(f, (nux.Roll, nux.Permute))] == [nux.Roll] * 2
-    old = nux.init(build(2, (8,), permutation="random"), x, key=jr.key(1))
-    assert old.layers[0].block.layers[-1].perm.shape == (2, 7)
-    old_unrolled = build(2, (8,), permutation="random", scan=False)
-    assert [f.seed for f in old_unrolled.layers if isinstance(f, nux.Permute)] == [0, 1]
+    default = "roll" if build is nux.RealNVP else "random"
+    other = "random" if default == "roll" else "roll"
+    for perm in (default, other):
+        kw = {} if perm == default else {"permutation": perm}
+        flow = nux.init(build(2, (8,), **kw), x, key=jr.key(1))
+        unrolled = build(2, (8,), scan=False, **kw)
+        mixers = [f for f in unrolled.layers if isinstance(f, (nux.Roll, nux.Permute))]
+        if perm == "roll":
+            assert isinstance(flow.layers[0].block.layers[-1], nux.Roll)
+            assert [type(f) for f in mixers] == [nux.Roll] * 2
+        else:
+            assert flow.layers[0].block.layers[-1].perm.shape == (2, 7)
+            assert [f.seed for f in mixers] == [0, 1]
     with pytest.raises(ValueError, match="'roll' or 'random' or 'reverse'"):
         build(2, (8,), permutation="cyclic")
 
 
 def test_checkpoint_with_random_permutations_names_the_option(tmp_path):
-    """A checkpoint written with random permutations (the earlier default) loads by itself
-    and into `permutation="random"`; into the default, the error names that option."""
+    """A checkpoint written with random permutations (RealNVP's earlier default) loads by
+    itself and into `permutation="random"`; into the default, the error names that option
+    (and `permutation='roll'` for a Roll checkpoint loaded into a random-permutation flow)."""
     x = jr.normal(jr.key(0), (32, 5))
-    old = nux.init(nux.NeuralSplineFlow(2, (8,), permutation="random"), x, key=jr.key(1))
+    old = nux.init(nux.RealNVP(2, (8,), permutation="random"), x, key=jr.key(1))
     nux.save(tmp_path / "f.eqx", old)
     with pytest.raises(nux.CheckpointError, match="permutation='random'"):
-        nux.load(tmp_path / "f.eqx", nux.NeuralSplineFlow(2, (8,)))
+        nux.load(tmp_path / "f.eqx", nux.RealNVP(2, (8,)))
     lp = jax.vmap(nux.log_prob, in_axes=(None, 0))
     for got in (
         nux.load(tmp_path / "f.eqx"),
-        nux.load(tmp_path / "f.eqx", nux.NeuralSplineFlow(2, (8,), permutation="random")),
+        nux.load(tmp_path / "f.eqx", nux.RealNVP(2, (8,), permutation="random")),
     ):
         np.testing.assert_allclose(lp(got, x), lp(old, x))
+    rolled = nux.init(nux.NeuralSplineFlow(2, (8,), permutation="roll"), x, key=jr.key(1))
+    nux.save(tmp_path / "g.eqx", rolled)
+    with pytest.raises(nux.CheckpointError, match="permutation='roll'"):
+        nux.load(tmp_path / "g.eqx", nux.NeuralSplineFlow(2, (8,)))

@@ -121,8 +121,8 @@ class Roll(AbstractBijection):
     """A cyclic shift of the last axis (features, or image channels):
     `z = jnp.roll(x, -shift, axis=-1)`, so `z[i] = x[(i + shift) % d]`; contribution 0.
 
-    Put it between half-mask couplings (the default of [`nux_eqx.RealNVP`][] and
-    [`nux_eqx.NeuralSplineFlow`][]). With the default shift
+    Put it between half-mask couplings ([`nux_eqx.RealNVP`][]'s default;
+    `NeuralSplineFlow(permutation="roll")`). With the default shift
     ([`nux_eqx.bijective.roll_shift`][]: coprime with `d`, near `d / 2`) the features a
     coupling left alone are transformed by the next one, and every feature is transformed
     equally often: `ceil(d / 2)` times in any `d` consecutive couplings. Random
@@ -131,7 +131,11 @@ class Roll(AbstractBijection):
     or three times and the most-served six or seven (with `Roll()`: four or five each),
     and on the galaxy table (7-D, eight affine couplings, five seeds) the median test NLL
     was -6.26 with random permutations and -6.62 with `Roll()` (Performance page).
-    `Reverse()` never transforms the middle feature of an odd-sized vector.
+    `Reverse()` never transforms the middle feature of an odd-sized vector. For large `d`
+    a roll mixes slowly (with shift ~`d / 2` neighbouring features stay on the same side
+    for many couplings): on the 63-D `patches` table it was still better for affine
+    couplings, but worse for spline couplings, which is why `NeuralSplineFlow` keeps
+    random permutations by default.
 
     Parameter-free and static, so the same `Roll()` serves every block of a
     [`nux_eqx.Repeat`][]. It gathers with fixed indices that XLA is kept from folding
