@@ -542,8 +542,7 @@ def _compare_layers(path, want: list, have: list, version: int) -> None:
                 option = "random" if h[1] == "Permute" else "roll"
                 hint = (
                     f" The checkpoint mixes the features between couplings with {h[1]}: build `like` "
-                    f"with `permutation='{option}'` (RealNVP's default is 'roll', "
-                    "NeuralSplineFlow's 'random'), or load without `like`: `nux_eqx.load(path)`."
+                    f"with `permutation='{option}'`, or load without `like`: `nux_eqx.load(path)`."
                 )
             raise CheckpointError(
                 f"{path} was saved from a different flow: at {h[0]} it holds {h[1]} {h[2]}, "

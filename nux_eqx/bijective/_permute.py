@@ -170,7 +170,7 @@ class Roll(AbstractBijection):
 
     def transform(self, x: AnyShape, reverse: bool, *, key: Key, cond: Cond) -> tuple[AnyShape, Scalar]:
         d = x.shape[-1]
-        k = roll_shift(d) if self.shift is None else self.shift % max(d, 1)
+        k = roll_shift(d) if self.shift is None else self.shift
         idx = (np.arange(d) + (-k if reverse else k)) % max(d, 1)
         # opaque to XLA: folded into slices and concatenations, the step was slower
         idx = jax.lax.optimization_barrier(jnp.asarray(idx, jnp.int32))

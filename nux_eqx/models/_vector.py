@@ -99,8 +99,9 @@ def RealNVP(
       one coupling left alone to the next and transforms every feature equally often; on
       the 7-D galaxy table, five seeds, median test NLL -6.62 against -6.26 with
       `"random"`), a fixed random [`nux_eqx.Permute`][] per layer (`"random"`, the earlier
-      default: pass it to load a checkpoint written with it into a flow you construct), or `Reverse()` (`"reverse"`, classic RealNVP; for vectors of odd size
-      the middle feature is then never transformed by a coupling).
+      default: pass it to load a checkpoint written with it into a flow you construct), or
+      `Reverse()` (`"reverse"`, classic RealNVP; for vectors of odd size the middle
+      feature is then never transformed by a coupling).
     - `actnorm`: start each layer with a data-initialised `ActNorm` (default `True`).
     - `dequantize`, `lmbda`: for integer levels `0 .. dequantize - 1`, start with
       `UniformDequantization(scale=dequantize)` and `Logit(lmbda)` (the log-likelihood is
