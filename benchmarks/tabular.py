@@ -19,7 +19,8 @@ Models (MLPs 2 x 128, ReLU, each library's default initialisation, base N(0, I))
   8 `GeneralCouplingTransform(MonotonicRQSTransform(bound=4))`; distrax
   `MaskedCoupling(RationalQuadraticSpline(range 4, identity boundary slopes))`.
 - `maf`: 5 MADE layers (2 x 128). nux_eqx `MaskedAutoregressiveFlow(5, actnorm=False)`
-  (`z = (x - shift) * (softplus(u) + 0.01)`, the `"inverse_softplus"` scale);
+  (`z = (x - shift) * (softplus(u) + 0.01)`, the `"inverse_softplus"` scale; the first
+  layer in the data's order, the others in seeded random orders);
   flowjax `masked_autoregressive_flow(flow_layers=5)`; zuko `MAF(7, transforms=5,
   randperm=True)`. distrax has no MAF.
 - `bnaf` (opt-in): 3 block neural autoregressive layers (2 hidden layers, block_dim 16:

@@ -538,6 +538,20 @@ def _compare_layers(path, want: list, have: list, version: int) -> None:
                     "after nux_eqx 0.1; build `like` with `scan=False` for the unrolled layout, or "
                     "load without `like`: `nux_eqx.load(path)`."
                 )
+            elif (
+                w[1] == h[1] == "MaskedAutoregressive"
+                and {w[2].get("ordering"), h[2].get("ordering")} == {"sequential", "random"}
+                and {k: v for k, v in w[2].items() if k != "ordering"}
+                == {k: v for k, v in h[2].items() if k != "ordering"}
+            ):
+                option, order = (
+                    ("random", "a random") if h[2]["ordering"] == "random" else ("data_first", "the data's")
+                )
+                hint = (
+                    f" If it is a `MaskedAutoregressiveFlow`, its first layer generates the features in {order} "
+                    f"order: build `like` with `ordering='{option}'`, or load without `like`: "
+                    "`nux_eqx.load(path)`."
+                )
             elif {w[1], h[1]} == {"Roll", "Permute"}:
                 option = "random" if h[1] == "Permute" else "roll"
                 hint = (

@@ -94,7 +94,7 @@ def _vector(name, v01=False):
     """The vector model `name`; `v01=True`: in nux_eqx 0.1's layout (unrolled layers,
     odd sizes split floor(d/2) unless `halves` says otherwise)."""
 
-    def build(split, halves=None, permutation=None):
+    def build(split, halves=None, permutation=None, ordering=None):
         import nux_eqx.models as models
 
         scan = not v01
@@ -111,8 +111,10 @@ def _vector(name, v01=False):
             raise UserError(
                 f"model {name!r} is for continuous vectors; use realnvp or glow for discrete data."
             )
-        if name == "maf":
-            return models.MaskedAutoregressiveFlow(5, (128, 128))
+        if name == "maf":  # a run's checkpoint may say which orderings it was written with
+            return models.MaskedAutoregressiveFlow(
+                5, (128, 128), **({"ordering": ordering} if ordering else {})
+            )
         return models.NeuralSplineFlow(8, (128, 128), K=8, B=4.0, scan=scan, split=halves, **mix)
 
     return build
@@ -201,11 +203,12 @@ def _model(name: str, split):
 
 def _as_checkpointed(run: str, name: str, split, flow):
     """The flow to resume `run` into: a run whose checkpoint holds the unrolled layout of
-    nux_eqx 0.1 (no `Repeat`) continues in that layout, and a scanned one keeps what it
-    mixed the features with between couplings (random permutations or `Roll`)."""
+    nux_eqx 0.1 (no `Repeat`) continues in that layout, a scanned one keeps what it mixed
+    the features with between couplings (random permutations or `Roll`), and a MAF run
+    keeps its first layer's ordering (random before `ordering="data_first"`)."""
     spec = MODELS[name]
     ckpt = os.path.join(run, "checkpoints", "checkpoint.eqx")
-    if spec.build_unrolled is None or not os.path.exists(ckpt):
+    if (spec.build_unrolled is None and name != "maf") or not os.path.exists(ckpt):
         return flow
     from nux_eqx._serialise import CheckpointError, read_header
 
@@ -218,6 +221,10 @@ def _as_checkpointed(run: str, name: str, split, flow):
     entries = [e for e in layers if isinstance(e, list) and len(e) > 2 and isinstance(e[2], dict)]
     if not entries:
         return flow
+    if name == "maf":
+        mades = [e for e in entries if e[1] == "MaskedAutoregressive"]
+        old_layout = bool(mades) and mades[0][2].get("ordering") == "random"
+        return spec.build(split, ordering="random") if old_layout else flow
     names = {e[1] for e in entries}
     # 0.1 split odd sizes floor(d/2); later checkpoints record their split
     splits = {e[2].get("split") for e in entries if e[1] == "Coupling"} - {None}

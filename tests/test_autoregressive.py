@@ -279,3 +279,45 @@ def test_invalid_configurations_are_rejected(cls):
         nux.init(
             cls(hidden_layer_sizes=(4,), ordering=(1, 0, 2)), jnp.zeros((3, 5)), key=jr.key(0), cond=cond
         )
+
+
+def test_made_units_are_initialised_for_the_inputs_they_see():
+    """A unit that its mask lets see `k` inputs draws its weights on `±1/sqrt(k)`, not on
+    `±1/sqrt(width)`: drawn for the full width and then masked, the units of the first
+    features in the ordering would start with a small fraction of the signal."""
+    d, hidden = 63, (128, 128)
+    made = nux.nn.MADE(tuple(range(d)), 2, hidden, zero_init=False, key=jr.key(0))
+    masks = made_masks(made.order, hidden, 2)
+    for w, m in zip(made.weights, masks):
+        w, seen = np.abs(np.asarray(w)), m.sum(axis=1)
+        rows = seen > 0
+        lim = 1.0 / np.sqrt(seen[rows])
+        assert np.all(w[rows].max(axis=1) <= lim * (1 + 1e-6))
+        # uniform on ±lim: the largest of k draws is near lim (for k >= 4, above lim / 2
+        # except with probability 2^-k), far above the full width's 1/sqrt(n) when k << n
+        few = rows & (seen >= 4) & (seen <= m.shape[1] // 8)
+        assert few.sum() > 5
+        assert np.all(w[few].max(axis=1) > 0.5 / np.sqrt(seen[few]))
+    # with conditioning the first layer's units also count the conditioning features
+    cmade = nux.nn.MADE((0, 1, 2), 2, (8,), cond_size=5, key=jr.key(1))
+    seen = made_masks((0, 1, 2), (8,), 2, True)[0].sum(axis=1) + 5
+    both = np.concatenate([np.abs(np.asarray(cmade.weights[0])), np.abs(np.asarray(cmade.cond_weight))], 1)
+    assert np.all(both.max(axis=1) <= 1.0 / np.sqrt(seen) * (1 + 1e-6))
+
+
+def test_maf_model_orders_its_first_layer_as_the_data():
+    """`MaskedAutoregressiveFlow` generates the features in the data's order in its first
+    layer and in seeded random orders after it; `ordering="random"` is the earlier layout."""
+    x = _x(16)
+
+    def orders(flow):
+        flow = nux.init(flow, x, key=jr.key(0))
+        return [f.made.order for f in flow.layers if isinstance(f, nux.MaskedAutoregressive)]
+
+    new = orders(nux.MaskedAutoregressiveFlow(3, (16,), seed=7))
+    old = orders(nux.MaskedAutoregressiveFlow(3, (16,), seed=7, ordering="random"))
+    assert new[0] == tuple(range(D)) != old[0]
+    assert new[1:] == old[1:] == [made_ordering("random", D, 7 + i) for i in (1, 2)]
+    assert old[0] == made_ordering("random", D, 7)
+    with pytest.raises(ValueError, match="ordering must be 'data_first' or 'random'"):
+        nux.MaskedAutoregressiveFlow(ordering="sequential")

@@ -484,6 +484,28 @@ def test_resume_keeps_the_runs_permutations(tmp_path, monkeypatch, model, writte
     assert isinstance(nux.load_run(fresh).layers[0].block.layers[-1], default)
 
 
+@pytest.mark.parametrize("written", ["random", "data_first"])
+def test_resume_keeps_the_maf_runs_orderings(tmp_path, monkeypatch, written):
+    """MAF's first layer follows the data's order by default; a run written with random
+    orderings in every layer (the earlier default) resumes with them."""
+    import dataclasses
+
+    import nux_eqx as nux
+
+    out = str(tmp_path / "run")
+    args = ["train", "--data", "8gaussians", "--model", "maf", "--batch-size", "64", "--quiet", "--out", out]
+    spec = cli.MODELS["maf"]
+    old = dataclasses.replace(spec, build=lambda split: spec.build(split, ordering=written))
+    monkeypatch.setitem(cli.MODELS, "maf", old)
+    assert run(*args, "--steps", "4", "--eval-every", "2", "--checkpoint-every", "2") == 0
+    monkeypatch.setitem(cli.MODELS, "maf", spec)
+    assert run(*args, "--steps", "6", "--eval-every", "2", "--checkpoint-every", "2", "--resume") == 0
+    assert json.loads(open(os.path.join(out, "metrics.json")).read())["steps"] == 6
+    mades = [f for f in nux.load_run(out).layers if isinstance(f, nux.MaskedAutoregressive)]
+    assert mades[0].ordering == ("random" if written == "random" else "sequential")
+    assert all(m.ordering == "random" for m in mades[1:])
+
+
 @pytest.mark.parametrize("data, halves", [("8gaussians", "floor"), ("patches", "floor"), ("patches", "ceil")])
 def test_resume_of_a_run_in_the_unrolled_layout_of_0_1(tmp_path, monkeypatch, capsys, data, halves):
     """RealNVP and NSF scan their layers after 0.1, and split odd sizes ceil(d/2); a run

@@ -184,6 +184,25 @@ def test_maf_checkpoint_of_the_old_tanh_default_never_loads_into_the_new_default
             assert jnp.allclose(lp(got, x), lp(old, x))
 
 
+@pytest.mark.parametrize("written", ["random", "data_first"])
+def test_maf_checkpoint_of_either_ordering_names_the_option(tmp_path, written):
+    """MaskedAutoregressiveFlow's first layer follows the data's order by default (before:
+    a random order). A checkpoint of either layout loads by itself and into a flow built
+    with its `ordering`; into the other, the error names the option to pass."""
+    import jax.numpy as jnp
+
+    x = jr.normal(jr.key(0), (32, 3))
+    other = "data_first" if written == "random" else "random"
+    flow = nux.init(nux.MaskedAutoregressiveFlow(2, (16,), ordering=written), x, key=jr.key(1))
+    path = tmp_path / "maf.eqx"
+    nux.save(path, flow)
+    with pytest.raises(nux.CheckpointError, match=f"ordering='{written}'"):
+        nux.load(path, nux.MaskedAutoregressiveFlow(2, (16,), ordering=other))
+    lp = jax.vmap(nux.log_prob, in_axes=(None, 0))
+    for got in (nux.load(path), nux.load(path, nux.MaskedAutoregressiveFlow(2, (16,), ordering=written))):
+        assert jnp.allclose(lp(got, x), lp(flow, x))
+
+
 def test_unrolled_ready_model_checkpoint_loads_with_scan_false_and_says_so(tmp_path):
     """RealNVP and NeuralSplineFlow scan their layers by default after 0.1 (one `Repeat`);
     a checkpoint of the unrolled layout loads by itself or into `scan=False`, and into the

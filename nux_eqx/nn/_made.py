@@ -121,6 +121,12 @@ class MADE(eqx.Module):
     when traced; they are never leaves of the module. A weight matrix whose mask is all
     zero (the input layer when `dim == 1`) is `None`.
 
+    Initialisation: a unit that its mask lets see `k` inputs draws its weights uniformly
+    on `±1/sqrt(k)` (LeCun's scale for the inputs it has, not for the layer's full width,
+    which would leave the units of the first features in the ordering with a fraction of
+    the signal); biases uniform on `±1/sqrt(fan_in)`, as `eqx.nn.Linear`'s; the output
+    layer at zero unless `zero_init=False`.
+
     **Arguments:**
 
     - `order`: a permutation of `range(dim)` (see `made_ordering`).
@@ -160,14 +166,25 @@ class MADE(eqx.Module):
         sizes = (dim, *self.hidden_layer_sizes, self.n_params * dim)
         keys = jr.split(key, len(sizes))
         weights, biases = [], []
+        row_lims = []
         for i, (a, b, m) in enumerate(zip(sizes[:-1], sizes[1:], masks)):
             last = i == len(sizes) - 2
             fan_in = a + (cond_size if i == 0 else 0)
             lim = 1.0 / math.sqrt(max(fan_in, 1))
+            # Each unit's weights are drawn for the inputs its mask lets through (LeCun's
+            # uniform scale with the unit's own fan-in): drawn for the full width and then
+            # masked, a unit that sees k of n inputs starts with k/n of the intended
+            # variance, and the signal shrinks layer by layer (most for the units of the
+            # first features in the ordering). MaskedAutoregressiveFlow, ten seeds on the
+            # galaxy table: median test NLL -5.96 -> -6.08; on 63-D image patches it cost a
+            # little (validation NLL 1.38 -> 1.45); see docs/performance.md.
+            seen = m.sum(axis=1) + (cond_size if i == 0 else 0)
+            row_lim = jnp.asarray(1.0 / np.sqrt(np.maximum(seen, 1.0)), jnp.float32)[:, None]
+            row_lims.append(row_lim)
             w = (
                 jnp.zeros((b, a))
                 if last and zero_init
-                else jr.uniform(keys[i], (b, a), minval=-lim, maxval=lim)
+                else jr.uniform(keys[i], (b, a), minval=-1.0, maxval=1.0) * row_lim
             )
             # A fully masked matrix (the input layer when dim == 1) would be an untrainable
             # leaf: leave it out.
@@ -180,11 +197,10 @@ class MADE(eqx.Module):
         self.weights, self.biases = tuple(weights), tuple(biases)
         if cond_size:
             b = sizes[1]
-            lim = 1.0 / math.sqrt(dim + cond_size)
             if len(sizes) == 2 and zero_init:
                 self.cond_weight = jnp.zeros((b, cond_size))
-            else:
-                self.cond_weight = jr.uniform(keys[-1], (b, cond_size), minval=-lim, maxval=lim)
+            else:  # the same per-unit scale as the unit's feature weights
+                self.cond_weight = jr.uniform(keys[-1], (b, cond_size), minval=-1.0, maxval=1.0) * row_lims[0]
         else:
             self.cond_weight = None
 
