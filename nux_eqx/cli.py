@@ -217,7 +217,7 @@ def _as_checkpointed(run: str, name: str, split, flow):
     except (CheckpointError, OSError, ValueError):
         return flow  # `fit` reports an unreadable checkpoint and leaves it as it is
     if not isinstance(layers, list):  # written before checkpoints described their layers
-        return spec.build_unrolled(split)
+        return spec.build(split, ordering="random") if name == "maf" else spec.build_unrolled(split)
     entries = [e for e in layers if isinstance(e, list) and len(e) > 2 and isinstance(e[2], dict)]
     if not entries:
         return flow
