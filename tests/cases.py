@@ -24,6 +24,9 @@ class Case:
     - `cond`: optional `key -> cond_batch`.
     - `covers`: the public names this case exercises (defaults to the flow's class name).
     - `slow`: run only with `-m slow` (large compiled graphs whose parts have cases of their own).
+    - `max_scramble`: the largest parameter noise the drawn-scale property test adds (None:
+      no limit), for a flow whose maps are unbounded by design, where larger noise on its
+      default widths overflows float32 (a numerical fact about such weights, not a defect).
     """
 
     make: Callable
@@ -31,6 +34,7 @@ class Case:
     cond: Callable | None = None
     covers: tuple[str, ...] = ()
     slow: bool = False
+    max_scramble: float | None = None
 
 
 def params(cases: dict, only: Callable[[str], bool] | None = None) -> list:

@@ -175,6 +175,7 @@ CASES = all_cases()
 @example(seed=21, scale=0.3)
 def test_registry_case_holds_at_drawn_seeds_and_scales(name, seed, scale):
     case = CASES[name]
+    scale = scale if case.max_scramble is None else min(scale, case.max_scramble)
     k_data, k_cond, k_init, k_scr, k_check = jr.split(jr.key(seed), 5)
     x = data_of(case, k_data)
     cond = None if case.cond is None else case.cond(k_cond)
