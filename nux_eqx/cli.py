@@ -217,14 +217,16 @@ def _as_checkpointed(run: str, name: str, split, flow):
     except (CheckpointError, OSError, ValueError):
         return flow  # `fit` reports an unreadable checkpoint and leaves it as it is
     if not isinstance(layers, list):  # written before checkpoints described their layers
-        return spec.build(split, ordering="random") if name == "maf" else spec.build_unrolled(split)
-    entries = [e for e in layers if isinstance(e, list) and len(e) > 2 and isinstance(e[2], dict)]
+        layers = None
+    entries = [e for e in layers or () if isinstance(e, list) and len(e) > 2 and isinstance(e[2], dict)]
+    if name == "maf":  # every layer in a random order, in checkpoints before "data_first"
+        mades = [e[2] for e in entries if e[1] == "MaskedAutoregressive"]
+        old_layout = layers is None or (bool(mades) and mades[0].get("ordering") == "random")
+        return spec.build(split, ordering="random") if old_layout else flow
+    if layers is None:
+        return spec.build_unrolled(split)
     if not entries:
         return flow
-    if name == "maf":
-        mades = [e for e in entries if e[1] == "MaskedAutoregressive"]
-        old_layout = bool(mades) and mades[0][2].get("ordering") == "random"
-        return spec.build(split, ordering="random") if old_layout else flow
     names = {e[1] for e in entries}
     # 0.1 split odd sizes floor(d/2); later checkpoints record their split
     splits = {e[2].get("split") for e in entries if e[1] == "Coupling"} - {None}

@@ -459,10 +459,28 @@ def test_unreadable_config_is_a_user_error(tmp_path, capsys):
     assert run("eval", str(folder)) == 2
 
 
-@pytest.mark.parametrize("model, written", [("realnvp", "random"), ("nsf", "roll")])
-def test_resume_keeps_the_runs_permutations(tmp_path, monkeypatch, model, written):
-    """RealNVP mixes features with `Roll()` by default, NSF with random permutations; a
-    run written with the other (RealNVP's earlier default, say) resumes with it."""
+def _layout(flow):
+    """What a ready vector flow mixes its features with: the class between the scanned
+    couplings, or the ordering of MAF's first layer."""
+    import nux_eqx as nux
+
+    mades = [f for f in flow.layers if isinstance(f, nux.MaskedAutoregressive)]
+    return mades[0].ordering if mades else type(flow.layers[0].block.layers[-1]).__name__
+
+
+@pytest.mark.parametrize(
+    "model, option, written, default",
+    [
+        ("realnvp", {"permutation": "random"}, "Permute", "Roll"),
+        ("nsf", {"permutation": "roll"}, "Roll", "Permute"),
+        ("maf", {"ordering": "random"}, "random", "sequential"),
+        ("maf", {"ordering": "data_first"}, "sequential", "sequential"),
+    ],
+)
+def test_resume_keeps_the_runs_layout(tmp_path, monkeypatch, model, option, written, default):
+    """RealNVP mixes features with `Roll()` by default, NSF with random permutations, MAF
+    orders its first layer as the data; a run written otherwise (an earlier default, say)
+    resumes as it was written, and a fresh run takes the default."""
     import dataclasses
 
     import nux_eqx as nux
@@ -470,40 +488,16 @@ def test_resume_keeps_the_runs_permutations(tmp_path, monkeypatch, model, writte
     out = str(tmp_path / "run")
     args = ["train", "--data", "8gaussians", "--model", model, "--batch-size", "64", "--quiet", "--out", out]
     spec = cli.MODELS[model]
-    old = dataclasses.replace(spec, build=lambda split: spec.build(split, permutation=written))
+    old = dataclasses.replace(spec, build=lambda split: spec.build(split, **option))
     monkeypatch.setitem(cli.MODELS, model, old)
     assert run(*args, "--steps", "4", "--eval-every", "2", "--checkpoint-every", "2") == 0
     monkeypatch.setitem(cli.MODELS, model, spec)
     assert run(*args, "--steps", "6", "--eval-every", "2", "--checkpoint-every", "2", "--resume") == 0
     assert json.loads(open(os.path.join(out, "metrics.json")).read())["steps"] == 6
-    kinds = {"roll": nux.Roll, "random": nux.Permute}
-    assert isinstance(nux.load_run(out).layers[0].block.layers[-1], kinds[written])
+    assert _layout(nux.load_run(out)) == written
     fresh = str(tmp_path / "fresh")
     assert run(*args[:-1], fresh, "--steps", "2") == 0
-    default = nux.Roll if model == "realnvp" else nux.Permute
-    assert isinstance(nux.load_run(fresh).layers[0].block.layers[-1], default)
-
-
-@pytest.mark.parametrize("written", ["random", "data_first"])
-def test_resume_keeps_the_maf_runs_orderings(tmp_path, monkeypatch, written):
-    """MAF's first layer follows the data's order by default; a run written with random
-    orderings in every layer (the earlier default) resumes with them."""
-    import dataclasses
-
-    import nux_eqx as nux
-
-    out = str(tmp_path / "run")
-    args = ["train", "--data", "8gaussians", "--model", "maf", "--batch-size", "64", "--quiet", "--out", out]
-    spec = cli.MODELS["maf"]
-    old = dataclasses.replace(spec, build=lambda split: spec.build(split, ordering=written))
-    monkeypatch.setitem(cli.MODELS, "maf", old)
-    assert run(*args, "--steps", "4", "--eval-every", "2", "--checkpoint-every", "2") == 0
-    monkeypatch.setitem(cli.MODELS, "maf", spec)
-    assert run(*args, "--steps", "6", "--eval-every", "2", "--checkpoint-every", "2", "--resume") == 0
-    assert json.loads(open(os.path.join(out, "metrics.json")).read())["steps"] == 6
-    mades = [f for f in nux.load_run(out).layers if isinstance(f, nux.MaskedAutoregressive)]
-    assert mades[0].ordering == ("random" if written == "random" else "sequential")
-    assert all(m.ordering == "random" for m in mades[1:])
+    assert _layout(nux.load_run(fresh)) == default
 
 
 @pytest.mark.parametrize("data, halves", [("8gaussians", "floor"), ("patches", "floor"), ("patches", "ceil")])
@@ -549,7 +543,18 @@ def test_resume_from_an_unreadable_checkpoint_is_a_one_line_error(tmp_path, caps
     """A checkpoint that fit(resume=True) refuses (here: truncated) is a user error with
     exit status 2 and one line on stderr, not a traceback; the file is left as it was."""
     out = str(tmp_path / "run")
-    args = ["train", "--data", "8gaussians", "--model", "realnvp", "--batch-size", "64", "--quiet", "--out", out]
+    args = [
+        "train",
+        "--data",
+        "8gaussians",
+        "--model",
+        "realnvp",
+        "--batch-size",
+        "64",
+        "--quiet",
+        "--out",
+        out,
+    ]
     assert run(*args, "--steps", "2", "--eval-every", "2", "--checkpoint-every", "2") == 0
     ckpt = os.path.join(out, "checkpoints", "checkpoint.eqx")
     data = open(ckpt, "rb").read()

@@ -166,9 +166,8 @@ class MADE(eqx.Module):
         sizes = (dim, *self.hidden_layer_sizes, self.n_params * dim)
         keys = jr.split(key, len(sizes))
         weights, biases = [], []
-        row_lims = []
         for i, (a, b, m) in enumerate(zip(sizes[:-1], sizes[1:], masks)):
-            last = i == len(sizes) - 2
+            zero = zero_init and i == len(sizes) - 2  # the output layer, started at zero
             fan_in = a + (cond_size if i == 0 else 0)
             lim = 1.0 / math.sqrt(max(fan_in, 1))
             # Each unit's weights are drawn for the inputs its mask lets through (LeCun's
@@ -180,17 +179,13 @@ class MADE(eqx.Module):
             # little (validation NLL 1.38 -> 1.45); see docs/performance.md.
             seen = m.sum(axis=1) + (cond_size if i == 0 else 0)
             row_lim = jnp.asarray(1.0 / np.sqrt(np.maximum(seen, 1.0)), jnp.float32)[:, None]
-            row_lims.append(row_lim)
-            w = (
-                jnp.zeros((b, a))
-                if last and zero_init
-                else jr.uniform(keys[i], (b, a), minval=-1.0, maxval=1.0) * row_lim
-            )
+            if i == 0:
+                first_row_lim = row_lim  # the conditioning weights' scale (below)
+            w = jnp.zeros((b, a)) if zero else jr.uniform(keys[i], (b, a), minval=-1.0, maxval=1.0) * row_lim
             # A fully masked matrix (the input layer when dim == 1) would be an untrainable
             # leaf: leave it out.
             weights.append(w * m if m.any() else None)
             # random biases (as `nux_eqx.nn.Linear`): MAF learns faster at first
-            zero = last and zero_init
             biases.append(
                 jnp.zeros((b,)) if zero else jr.uniform(jr.fold_in(keys[i], 1), (b,), minval=-lim, maxval=lim)
             )
@@ -200,7 +195,9 @@ class MADE(eqx.Module):
             if len(sizes) == 2 and zero_init:
                 self.cond_weight = jnp.zeros((b, cond_size))
             else:  # the same per-unit scale as the unit's feature weights
-                self.cond_weight = jr.uniform(keys[-1], (b, cond_size), minval=-1.0, maxval=1.0) * row_lims[0]
+                self.cond_weight = (
+                    jr.uniform(keys[-1], (b, cond_size), minval=-1.0, maxval=1.0) * first_row_lim
+                )
         else:
             self.cond_weight = None
 
