@@ -14,7 +14,7 @@ from jaxtyping import Array
 from .._flow import AbstractBijection, ShapeError
 from .._types import Cond, Key, Scalar, Vector
 from ..nn import CondSpec, read_cond, record_cond
-from ._sigmoidal import bisect
+from ._roots import bisect
 
 
 @functools.lru_cache(maxsize=64)

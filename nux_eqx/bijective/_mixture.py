@@ -17,6 +17,7 @@ from jaxtyping import Array, Float
 
 from .._flow import AbstractBijection
 from .._types import AnyShape, Cond, Key, Scalar
+from ._roots import bisect
 
 # Flow++ clamps the components' log-scales from below at -7; a symmetric bound keeps
 # exp(-log_scale) finite in float32 for any parameter value.
@@ -108,13 +109,7 @@ def logistic_mixture_logit(
         log_F, log_1mF, log_f = _mixture_terms(v, *p_sg)
         return log_F - log_1mF - sg(y), log_f - log_F - log_1mF
 
-    def halve(_, bracket):
-        a, b = bracket
-        mid = 0.5 * (a + b)
-        below = residual(mid)[0] < 0
-        return jnp.where(below, mid, a), jnp.where(below, b, mid)
-
-    lo, hi = jax.lax.fori_loop(0, int(n_bisection), halve, (lo, hi))
+    lo, hi = bisect(lambda v: residual(v)[0], jnp.zeros_like(lo), lo, hi, int(n_bisection))
     mid = 0.5 * (lo + hi)
     r, log_dg = residual(mid)
     step = r * jnp.exp(-log_dg)

@@ -36,6 +36,7 @@ from jaxtyping import Array, Float
 from .._flow import AbstractBijection
 from .._types import Cond, Key, Scalar, Vector
 from ._linear import check_vectors
+from ._roots import bisect
 
 Direction = Literal["sample", "density"]
 _DIRECTIONS = ("sample", "density")
@@ -99,13 +100,7 @@ def _planar_root(c: Array, a: Array, n_bisect: int, n_newton: int) -> Array:
     def g(s):
         return s + a * jnp.tanh(s) - c
 
-    def bisect(_, bracket):
-        lo, hi = bracket
-        mid = 0.5 * (lo + hi)
-        up = g(mid) > 0
-        return jnp.where(up, lo, mid), jnp.where(up, mid, hi)
-
-    lo, hi = jax.lax.fori_loop(0, n_bisect, bisect, (lo, hi))
+    lo, hi = bisect(g, jnp.zeros_like(c), lo, hi, n_bisect)
 
     def newton(_, state):
         s, lo, hi = state
