@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
+# NUX_BENCH_RESULTS redirects every results file (gpu.sh --smoke writes to a temporary folder)
+RESULTS = os.environ.get("NUX_BENCH_RESULTS") or os.path.join(HERE, "results")
 
 
 # ------------------------------------------------------------------------------------------
