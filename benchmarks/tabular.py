@@ -669,7 +669,7 @@ def main(argv=None):
         "elementwise affine map before the prior (the same map). Default: each library's own.",
     )
     p.add_argument("--batch-size", type=int, default=512, help="examples per step (default 512)")
-    p.add_argument("--tag", default=None, help="suffix of the results file")
+    p.add_argument("--tag", default=None, help="name of the results file, without .json (default tabular[_quick]); glow_digits.py and step_anatomy.py take a suffix instead")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per job (default 900)")
     p.add_argument(
         "--summarise",
