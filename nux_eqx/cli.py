@@ -354,6 +354,17 @@ def _draw_samples(flow, n, key, temperature):
     return np.asarray(x)
 
 
+def _sample_axes(data: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-feature axis limits that span `data` (its 0.5-99.5 % range, widened by a quarter
+    on each side), and how many `samples` fall outside them (non-finite ones included): a
+    few far samples of a flow early in training would otherwise squeeze the data into a
+    corner of the figure."""
+    lo, hi = np.quantile(data, [0.005, 0.995], axis=0)
+    lo, hi = lo - 0.25 * (hi - lo), hi + 0.25 * (hi - lo)
+    inside = np.all((samples >= lo) & (samples <= hi), axis=1)
+    return lo, hi, int((~inside).sum())
+
+
 def _plot_samples(path, flow, split, n, key, temperature):
     import matplotlib
 
@@ -391,20 +402,28 @@ def _plot_samples(path, flow, split, n, key, temperature):
         axes[1].set_xlim(-lim, lim)
         axes[1].set_ylim(-lim, lim)
         axes[1].set_title(f"{n} samples, temperature {temperature:g}")
+        outside = int((~np.all(np.abs(x) <= lim, axis=1)).sum())
+        if outside:
+            axes[1].set_xlabel(f"{outside} of {len(x)} samples lie outside these axes")
         for ax in axes:
             ax.set_aspect("equal")
     else:
         d = min(split.shape[-1], 4)
         fig, axes = plt.subplots(1, d - 1 if d > 1 else 1, figsize=(3.2 * max(d - 1, 1), 3), dpi=120)
         axes = np.atleast_1d(axes)
+        test = np.asarray(split.test[:n])
+        lo, hi, outside = _sample_axes(test[:, :d], x[:, :d])
         for j, ax in enumerate(axes):
-            ax.scatter(
-                split.test[:n, 0], split.test[:n, j + 1 if d > 1 else 0], s=2, alpha=0.4, label="test data"
-            )
-            ax.scatter(x[:, 0], x[:, j + 1 if d > 1 else 0], s=2, alpha=0.4, label="samples")
+            k = j + 1 if d > 1 else 0
+            ax.scatter(test[:, 0], test[:, k], s=2, alpha=0.4, label="test data")
+            ax.scatter(x[:, 0], x[:, k], s=2, alpha=0.4, label="samples")
+            ax.set_xlim(lo[0], hi[0])
+            ax.set_ylim(lo[k], hi[k])
             ax.set_xlabel("feature 0")
-            ax.set_ylabel(f"feature {j + 1 if d > 1 else 0}")
+            ax.set_ylabel(f"feature {k}")
         axes[0].legend()
+        if outside:
+            fig.suptitle(f"{outside} of {len(x)} samples lie outside these axes", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

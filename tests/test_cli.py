@@ -566,3 +566,18 @@ def test_resume_from_an_unreadable_checkpoint_is_a_one_line_error(tmp_path, caps
     assert "checkpoint" in err and "--out" in err
     assert open(ckpt, "rb").read() == data[: len(data) // 2]
     assert os.path.exists(os.path.join(out, "config.json"))
+
+
+def test_sample_axes_span_the_data_and_count_far_samples():
+    # A flow early in training can draw a sample far out (a MAF's inverse scales up to
+    # 100-fold per layer); the vector figure's axes follow the data and say how many
+    # samples they leave out, instead of squeezing the data into a corner.
+    np = pytest.importorskip("numpy")
+    data = np.random.default_rng(0).normal(size=(500, 3))
+    samples = data[:64].copy()
+    samples[3] = [30.0, 2000.0, -2500.0]
+    samples[5, 1] = np.nan
+    lo, hi, outside = cli._sample_axes(data, samples)
+    assert outside == 2
+    assert np.all(lo > -5) and np.all(hi < 5) and np.all(lo < data.min(0) + 1) and np.all(hi > data.max(0) - 1)
+    assert cli._sample_axes(data, data[:64])[2] <= 1  # the data's own tails stay inside (bar 0.5 %)
