@@ -26,7 +26,9 @@ class Case:
     - `slow`: run only with `-m slow` (large compiled graphs whose parts have cases of their own).
     - `max_scramble`: the largest parameter noise the drawn-scale property test adds (None:
       no limit), for a flow whose maps are unbounded by design, where larger noise on its
-      default widths overflows float32 (a numerical fact about such weights, not a defect).
+      default widths overflows float32, or whose bounded parameters saturate at extremes
+      beyond float32's precision (numerical facts about such weights, not defects; the case
+      says which and at what noise it was measured).
     """
 
     make: Callable

@@ -159,8 +159,14 @@ CASES = {
     "defaults-TallAffineDiagCov": _case(lambda: nux.TallAffineDiagCov(3)),
     # scrambled, its 4 x 1024 conditioners give log-variances clipped at +-22: rows of the
     # whitened map that differ by 1e9 in scale, which the posterior's QR handles by sorting
-    # them (it failed nested vmap == vmap by 1.6x its conditioning before)
-    "defaults-CouplingTallAffineDiagCov": _case(lambda: nux.CouplingTallAffineDiagCov(3)),
+    # them (it failed nested vmap == vmap by 1.6x its conditioning before). At noise 0.1
+    # they saturate: a row with variance e^-22 is fitted exactly, and its residual
+    # `r - A mu` is float32 rounding of ~200-sized numbers (~1e-5) over a standard deviation
+    # of 1.5e-5, so two batchings disagree on its term by O(1): 8 of 23 seeds failed at 0.1,
+    # 1 of 75 at 0.05 (by 1.2e-5 relative), none of 80 at 0.03. Computing the residual
+    # without forming `A mu` needs the complementary Householder reflectors, which JAX's QR
+    # does not differentiate.
+    "defaults-CouplingTallAffineDiagCov": _case(lambda: nux.CouplingTallAffineDiagCov(3), max_scramble=0.03),
     "defaults-UpSample": _case(lambda: nux.UpSample(), image),
     "defaults-CouplingUpSample": _case(lambda: nux.CouplingUpSample(), image),
     "defaults-importance_weighted": _case(
