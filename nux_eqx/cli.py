@@ -361,8 +361,12 @@ def _sample_axes(data: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.
     corner of the figure."""
     lo, hi = np.quantile(data, [0.005, 0.995], axis=0)
     lo, hi = lo - 0.25 * (hi - lo), hi + 0.25 * (hi - lo)
-    inside = np.all((samples >= lo) & (samples <= hi), axis=1)
-    return lo, hi, int((~inside).sum())
+    return lo, hi, _n_outside(samples, lo, hi)
+
+
+def _n_outside(samples: np.ndarray, lo, hi) -> int:
+    """How many rows of `samples` leave the box `[lo, hi]` (non-finite ones included)."""
+    return int((~np.all((samples >= lo) & (samples <= hi), axis=1)).sum())
 
 
 def _plot_samples(path, flow, split, n, key, temperature):
@@ -402,7 +406,7 @@ def _plot_samples(path, flow, split, n, key, temperature):
         axes[1].set_xlim(-lim, lim)
         axes[1].set_ylim(-lim, lim)
         axes[1].set_title(f"{n} samples, temperature {temperature:g}")
-        outside = int((~np.all(np.abs(x) <= lim, axis=1)).sum())
+        outside = _n_outside(x, -lim, lim)
         if outside:
             axes[1].set_xlabel(f"{outside} of {len(x)} samples lie outside these axes")
         for ax in axes:

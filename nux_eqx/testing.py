@@ -588,6 +588,7 @@ def check_flow(
     key: PRNGKeyArray,
     cond_batch: PyTree = None,
     scramble_params: bool = True,
+    scramble_scale: float = 0.1,
     n_jacobian: int = 2,
     n_monte_carlo: int = 20000,
     tol: float = 1e-5,
@@ -620,6 +621,7 @@ def check_flow(
     - `key`: a PRNG key.
     - `cond_batch`: batched conditioning, or `None`.
     - `scramble_params`: repeat the checks on scrambled parameters (default `True`).
+    - `scramble_scale`: the noise those parameters get (default `0.1`; see `scramble`).
     - `n_jacobian`: how many examples get the brute-force Jacobian check.
     - `n_monte_carlo`: samples for the normalisation check of low-dimensional priors.
     - `tol`: relative tolerance (error `max |a - b| / (1 + |b|)`) of a well-conditioned
@@ -669,7 +671,7 @@ def check_flow(
     keys = jr.split(k_run, x_batch.shape[0])
     versions = [("at init", flow)]
     if scramble_params:
-        versions.append(("scrambled parameters", scramble(flow, k_scr)))
+        versions.append(("scrambled parameters", scramble(flow, k_scr, scramble_scale)))
     for label, f in versions:
         _check_consistency(ck, f, x_batch, keys, cond_batch, label)
         for path, layer, rev, x_in, k_in, c_in, z_out, _ in _leaf_records(f, x_batch, keys, cond_batch):

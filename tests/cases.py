@@ -24,8 +24,8 @@ class Case:
     - `cond`: optional `key -> cond_batch`.
     - `covers`: the public names this case exercises (defaults to the flow's class name).
     - `slow`: run only with `-m slow` (large compiled graphs whose parts have cases of their own).
-    - `max_scramble`: the largest parameter noise the drawn-scale property test adds (None:
-      no limit), for a flow whose maps are unbounded by design, where larger noise on its
+    - `max_scramble`: the largest parameter noise the drawn-scale property test and
+      `test_registry`'s `check_flow` (0.1 otherwise) add (None: no limit), for a flow whose maps are unbounded by design, where larger noise on its
       default widths overflows float32, or whose bounded parameters saturate at extremes
       beyond float32's precision (numerical facts about such weights, not defects; the case
       says which and at what noise it was measured).

@@ -572,7 +572,8 @@ def test_sample_axes_span_the_data_and_count_far_samples():
     # A flow early in training can draw a sample far out (a MAF's inverse scales up to
     # 100-fold per layer); the vector figure's axes follow the data and say how many
     # samples they leave out, instead of squeezing the data into a corner.
-    np = pytest.importorskip("numpy")
+    import numpy as np
+
     data = np.random.default_rng(0).normal(size=(500, 3))
     samples = data[:64].copy()
     samples[3] = [30.0, 2000.0, -2500.0]
